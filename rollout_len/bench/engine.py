@@ -1,0 +1,130 @@
+"""Engine benchmark: decode throughput by batch size, KV-cache cost, continuous vs static batching.
+
+    rollout-len bench engine --json docs/results/engine.json [--model smollm2-135m] [--quick]
+
+Figures are wall-clock on whatever machine runs it; the JSON records the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from rollout_len.data import encode_prompt, gsm8k_prompts
+from rollout_len.engine import DecodeEngine, EngineConfig
+from rollout_len.model import Policy, load_policy
+from rollout_len.sample import Sample, SamplingParams
+
+__all__ = ["run"]
+
+
+def _decode_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int) -> dict:
+    """Tokens/s of decode steps only (prefill excluded) with `batch` samples running together."""
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=batch))
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_stop=True)
+    for i in range(batch):
+        engine.add(Sample(f"b{batch}-{i}", prompt_ids, params, seed=i))
+    start = time.perf_counter()
+    first = len(engine.step().tokens)  # prefill and first token
+    decode_start, tokens, steps = time.perf_counter(), 0, 0
+    while engine.has_unfinished():
+        tokens += len(engine.step().tokens)
+        steps += 1
+    end = time.perf_counter()
+    return {
+        "batch": batch, "tokens": tokens, "time_s": end - decode_start, "tok_s": tokens / (end - decode_start),
+        "step_ms": 1e3 * (end - decode_start) / steps, "tok_s_with_prefill": (first + tokens) / (end - start),
+    }
+
+
+def _hf_generate_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int) -> dict:
+    """The same work through `model.generate` (DynamicCache, grows by concatenation), for reference."""
+    ids = torch.tensor([prompt_ids] * batch, device=policy.model.device)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  attention_mask=torch.ones_like(ids), pad_token_id=policy.stop_ids[0] if policy.stop_ids else 0)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        policy.model.generate(ids, **kwargs)
+    elapsed = time.perf_counter() - start
+    return {"batch": batch, "tokens": batch * new_tokens, "time_s": elapsed, "tok_s": batch * new_tokens / elapsed}
+
+
+def _long_tail_lengths(count: int, max_len: int, seed: int) -> list[int]:
+    """Heavy-tailed response lengths (log-normal, median ~max_len/8), clipped to [8, max_len]."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.lognormal(mean=np.log(max_len / 8), sigma=0.9, size=count)
+    return [int(x) for x in np.clip(lengths, 8, max_len)]
+
+
+def _mix_run(policy: Policy, prompts: list[list[int]], lengths: list[int], slots: int, static: bool) -> dict:
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=slots, static_batching=static))
+    samples = [
+        Sample(f"m{i}", prompts[i % len(prompts)], SamplingParams(max_new_tokens=n, ignore_stop=True), seed=i)
+        for i, n in enumerate(lengths)
+    ]
+    start = time.perf_counter()
+    engine.run(samples)
+    elapsed = time.perf_counter() - start
+    assert [s.num_output for s in samples] == lengths
+    useful = sum(lengths)
+    return {
+        "time_s": elapsed,
+        "useful_tokens": useful,
+        "tok_s": useful / elapsed,
+        "padded_tokens": engine.stats.padded_tokens,
+        "padded_fraction": engine.stats.padded_fraction,
+        "mean_decode_batch": float(np.mean(engine.stats.decode_batch_sizes)),
+    }
+
+
+def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool = False, seed: int = 0) -> dict:
+    policy = load_policy(model)
+    prompts = [encode_prompt(policy.tokenizer, p["prompt"]) for p in gsm8k_prompts(limit=16)]
+    new_tokens = 16 if quick else 64
+    batches = [1, 8] if quick else [1, 8, 32, 64]
+    result: dict = {
+        "model": model,
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "prompt_tokens": len(prompts[0]),
+    }
+
+    print(f"decode throughput ({model}, prompt {len(prompts[0])} tokens, {new_tokens} new tokens, prefill excluded)")
+    result["throughput"] = []
+    for batch in batches:
+        row = _decode_throughput(policy, prompts[0], batch, new_tokens)
+        result["throughput"].append(row)
+        print(f"  batch {batch:3d}: {row['tok_s']:7.1f} tok/s  ({row['step_ms']:.1f} ms/step)")
+
+    cache_batch, cache_tokens = (8, 32) if quick else (32, 128)
+    ours = _decode_throughput(policy, prompts[0], cache_batch, cache_tokens)
+    hf = _hf_generate_throughput(policy, prompts[0], cache_batch, cache_tokens)
+    result["kv_cache"] = {"batch": cache_batch, "new_tokens": cache_tokens, "slot_cache_engine": ours, "hf_generate_dynamic_cache": hf}
+    print(f"KV cache, batch {cache_batch} x {cache_tokens} tokens: engine (slot cache) {ours['tok_s_with_prefill']:.1f} tok/s, "
+          f"HF generate (DynamicCache) {hf['tok_s']:.1f} tok/s (both incl. prefill)")
+
+    count, max_len, slots = (16, 48, 4) if quick else (64, 256, 16)
+    lengths = _long_tail_lengths(count, max_len, seed)
+    mix = {"samples": count, "slots": slots, "lengths": {"mean": float(np.mean(lengths)), "max": max(lengths),
+                                                          "p50": float(np.median(lengths))}}
+    for name, static in (("continuous", False), ("static_padded", True)):
+        mix[name] = _mix_run(policy, prompts, lengths, slots, static)
+    mix["static_over_continuous_time"] = mix["static_padded"]["time_s"] / mix["continuous"]["time_s"]
+    result["long_tail_mix"] = mix
+    print(f"long-tailed mix: {count} samples, lengths mean {mix['lengths']['mean']:.0f} / max {max(lengths)}, {slots} slots")
+    for name in ("continuous", "static_padded"):
+        r = mix[name]
+        print(f"  {name:14s} {r['time_s']:7.1f} s  {r['tok_s']:6.1f} useful tok/s  padded fraction {r['padded_fraction']:.3f}")
+    print(f"  static / continuous time: {mix['static_over_continuous_time']:.2f}x")
+
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {json_path}")
+    return result

@@ -1,0 +1,114 @@
+"""The `rollout-len` command line.
+
+    rollout-len generate --model smollm2-135m --prompt "What is 12*7?" --max-new-tokens 32
+    rollout-len generate --prompts prompts.jsonl --n 4 --temperature 1.0 --json out.json
+    rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
+    rollout-len bench engine --json docs/results/engine.json [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="generate completions and print them with their lengths")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a user message (repeatable)")
+    source.add_argument("--prompts", metavar="FILE.jsonl", help='one {"prompt": ...} or {"messages": [...]} per line')
+    source.add_argument("--gsm8k", type=int, metavar="N", help="the first N GSM8K test problems")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder or Hugging Face id")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", metavar="OUT", help="also write the completions as JSON")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (print figures, write JSON)")
+    bench = p.add_subparsers(dest="bench", required=True)
+    e = bench.add_parser("engine", help="decode throughput, KV-cache cost, continuous vs static batching")
+    e.add_argument("--model", default="smollm2-135m")
+    e.add_argument("--json", metavar="OUT")
+    e.add_argument("--quick", action="store_true", help="small counts, a minute or two")
+    e.add_argument("--seed", type=int, default=0)
+
+
+def _generate(args) -> int:
+    from rollout_len.data import encode_prompt, gsm8k_prompts, read_prompts_jsonl
+    from rollout_len.engine import DecodeEngine, EngineConfig
+    from rollout_len.model import load_policy
+    from rollout_len.sample import Sample, SamplingParams
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    # Validate everything cheap before the model loads.
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            max_new_tokens=args.max_new_tokens)
+    if args.prompts:
+        prompts = read_prompts_jsonl(args.prompts)
+    elif args.gsm8k is not None:
+        prompts = [row["prompt"] for row in gsm8k_prompts(limit=args.gsm8k)]
+    else:
+        prompts = args.prompt
+        if any(not p.strip() for p in prompts):
+            raise ValueError("--prompt: the prompt is empty")
+    policy = load_policy(args.model, dtype=args.dtype, device=args.device)
+    samples = []
+    for i, prompt in enumerate(prompts):
+        ids = encode_prompt(policy.tokenizer, prompt)
+        samples += [Sample(f"p{i}-s{j}", ids, params, seed=args.seed, group_id=f"p{i}") for j in range(args.n)]
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=args.max_batch_size))
+    start = time.perf_counter()
+    engine.run(samples)
+    elapsed = time.perf_counter() - start
+    records = []
+    for sample in samples:
+        text = policy.tokenizer.decode(sample.output_ids, skip_special_tokens=True)
+        records.append({"sample_id": sample.sample_id, "group_id": sample.group_id, "length": sample.num_output,
+                        "finish_reason": sample.finish_reason, "text": text})
+        print(f"=== {sample.sample_id}  length={sample.num_output}  finish={sample.finish_reason}")
+        print(text.strip())
+    total = sum(r["length"] for r in records)
+    print(f"--- {len(samples)} completions, {total} tokens in {elapsed:.1f} s ({total / elapsed:.1f} tok/s); "
+          f"lengths: {[r['length'] for r in records]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "completions": records}, f, indent=2)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rollout-len", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_bench(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        if args.command == "bench" and args.bench == "engine":
+            from rollout_len.bench.engine import run
+
+            run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
+            return 0
+    except (ValueError, FileNotFoundError, OSError) as err:
+        print(f"rollout-len: error: {err}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""DecodeEngine: batched decoding with a per-slot KV cache, per-sample sampling and hidden-state taps.
+
+    from rollout_len.engine import DecodeEngine, EngineConfig
+    from rollout_len.model import load_policy
+    from rollout_len.sample import Sample, SamplingParams
+
+    policy = load_policy("smollm2-135m")
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=32, tap_layer=-1, tap_entropy=True))
+    done = engine.run([Sample("a", ids, SamplingParams(max_new_tokens=64), seed=0)])
+
+One `step()` decodes one token for every running sample, frees the slots of finished ones, admits
+waiting samples (capped by slots and by a KV token budget, so queues form as on a GPU) and prefills
+them. In `static_batching` mode a batch runs until its longest sample ends (like HF `generate`) and
+the rows of finished samples are counted as padding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from rollout_len.kernels import linear_entropy
+from rollout_len.kv_cache import SLOT_ATTENTION, SlotKVCache
+from rollout_len.model import Policy
+from rollout_len.sample import Sample, SampleStatus
+from rollout_len.sampling import sample_next, token_entropy
+
+__all__ = ["EngineConfig", "DecodeEngine", "StepOutput", "PrefillTap", "EngineStats"]
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 64  # decode slots
+    # Tokens of KV cache that running samples may reserve together; each reserves
+    # min(prompt + max_new_tokens, context) on admission. None: only slots limit admission.
+    kv_token_budget: int | None = None
+    # Decoder layer whose output is tapped: 1..num_layers, or negative from the end (-1 = last).
+    tap_layer: int | None = None
+    tap_entropy: bool = False  # next-token entropy per decode step and per prefilled position
+    static_batching: bool = False  # HF-generate baseline: no admission until the whole batch ends
+    initial_kv_capacity: int = 256  # positions per slot allocated first; doubles as needed
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be an int >= 1, got {self.max_batch_size!r}")
+        if self.kv_token_budget is not None and self.kv_token_budget < 1:
+            raise ValueError(f"kv_token_budget must be >= 1 or None, got {self.kv_token_budget!r}")
+
+
+@dataclass
+class PrefillTap:
+    sample_id: str
+    num_prompt_tokens: int  # the first positions are the prompt; the rest are re-prefilled outputs
+    hidden: torch.Tensor | None  # (T, d) tap-layer output at every prefilled position
+    entropy: torch.Tensor | None  # (T,) entropy of the next-token distribution at every position
+
+
+@dataclass
+class StepOutput:
+    """What one engine step produced. Rows: one per sample that got a new token this step."""
+
+    sample_ids: list[str]  # row -> sample
+    tokens: list[int]  # the token each row sampled
+    logprobs: list[float]
+    entropy: torch.Tensor | None  # (R,) entropy of the distribution each token was drawn from
+    hidden: torch.Tensor | None  # (R, d) tap-layer state at the position that produced the token
+    prefills: list[PrefillTap]  # one per sample prefilled this step (taps on only)
+    finished: list[Sample]  # samples that left the engine this step
+    padded_tokens: int  # static mode: rows computed for already-finished samples
+
+    @classmethod
+    def make_empty(cls) -> "StepOutput":
+        return cls([], [], [], None, None, [], [], 0)
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0  # tokens generated (prefill-sampled first tokens included)
+    padded_tokens: int = 0
+    prefill_time_s: float = 0.0
+    decode_time_s: float = 0.0
+    decode_batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def padded_fraction(self) -> float:
+        total = self.decode_tokens + self.padded_tokens
+        return self.padded_tokens / total if total else 0.0
+
+
+@dataclass
+class _Running:
+    sample: Sample
+    generator: torch.Generator
+    position: int  # tokens already in this slot's KV cache; the last output token is not yet fed
+    reserved: int  # KV tokens reserved in the budget
+    padding: bool = False  # static mode: finished, still occupying its row until the batch ends
+
+
+class DecodeEngine:
+    def __init__(self, policy: Policy, config: EngineConfig | None = None):
+        self.policy = policy
+        self.config = config or EngineConfig()
+        model = policy.model
+        attn = getattr(model.config, "_attn_implementation", "sdpa")
+        if attn not in ("sdpa", "eager"):
+            raise ValueError(f"DecodeEngine needs attn_implementation 'sdpa' or 'eager' (4D masks), got {attn!r}")
+        if getattr(model.config, "use_sliding_window", False):
+            raise ValueError("DecodeEngine supports full attention only; this model uses a sliding window")
+        # The engine's forward runs our SDPA (in-place GQA); the model keeps its own setting otherwise.
+        self._attn_implementation = SLOT_ATTENTION if attn == "sdpa" else attn
+        self.base = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        layers = self.base.layers
+        self.tap_layer = self._resolve_tap_layer(self.config.tap_layer, len(layers))
+        self._tapped: torch.Tensor | None = None
+        if self.tap_layer is not None:
+            layers[self.tap_layer - 1].register_forward_hook(self._tap_hook)
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.context_length = policy.context_length
+        self.cache = SlotKVCache(
+            len(layers), self.config.max_batch_size, self.context_length, self.config.initial_kv_capacity
+        )
+        self._waiting: deque[Sample] = deque()
+        self._running: list[_Running] = []  # index == KV slot
+        self._ids: set[str] = set()
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------------ public API
+
+    def add(self, sample: Sample) -> None:
+        """Queue a new sample, or import an exported one (it continues where it stopped)."""
+        if sample.status.is_finished:
+            raise ValueError(f"sample {sample.sample_id!r} is already finished ({sample.status.name})")
+        if sample.sample_id in self._ids:
+            raise ValueError(f"sample {sample.sample_id!r} is already in this engine")
+        vocab = self.lm_head.weight.shape[0]
+        bad = [t for t in sample.prompt_ids + sample.output_ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"sample {sample.sample_id!r}: token ids {bad[:5]} outside the vocabulary [0, {vocab})")
+        if sample.num_tokens >= self.context_length:
+            raise ValueError(
+                f"sample {sample.sample_id!r}: {sample.num_tokens} tokens do not fit the model's context of "
+                f"{self.context_length} (at least one new token must fit)"
+            )
+        if sample.num_output >= sample.params.max_new_tokens:
+            raise ValueError(f"sample {sample.sample_id!r} already has max_new_tokens={sample.params.max_new_tokens}")
+        budget = self.config.kv_token_budget
+        if budget is not None and self._reservation(sample) > budget:
+            raise ValueError(
+                f"sample {sample.sample_id!r} needs {self._reservation(sample)} KV tokens "
+                f"(prompt + max_new_tokens), more than kv_token_budget={budget}"
+            )
+        sample.status = SampleStatus.WAITING
+        self._waiting.append(sample)
+        self._ids.add(sample.sample_id)
+
+    def step(self) -> StepOutput:
+        """Decode one token for every running sample, then admit and prefill waiting ones."""
+        out = StepOutput.make_empty()
+        if self._running:
+            self._decode(out)
+            self._release_finished(out)
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted, out)
+            self._release_finished(out)
+        self.stats.steps += 1
+        return out
+
+    def run(self, samples: list[Sample]) -> list[Sample]:
+        """Add samples, step until all are finished; returns them in the given order."""
+        for sample in samples:
+            self.add(sample)
+        while self.has_unfinished():
+            self.step()
+        return samples
+
+    def has_unfinished(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    @property
+    def num_running(self) -> int:
+        return sum(not r.padding for r in self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def export(self, sample_id: str) -> Sample:
+        """Remove a waiting or running sample, with everything needed to continue it elsewhere."""
+        return self._remove(sample_id, SampleStatus.MIGRATING)
+
+    def abort(self, sample_id: str) -> Sample:
+        """Stop a sample now; it keeps the tokens generated so far."""
+        return self._remove(sample_id, SampleStatus.FINISHED_ABORTED)
+
+    # ------------------------------------------------------------------ internals
+
+    @staticmethod
+    def _resolve_tap_layer(tap_layer: int | None, num_layers: int) -> int | None:
+        if tap_layer is None:
+            return None
+        if not isinstance(tap_layer, int) or not (-num_layers <= tap_layer <= num_layers) or tap_layer == 0:
+            raise ValueError(f"tap_layer must be in 1..{num_layers} or -{num_layers}..-1, got {tap_layer!r}")
+        return tap_layer if tap_layer > 0 else num_layers + 1 + tap_layer
+
+    def _tap_hook(self, module, args, output) -> None:
+        self._tapped = output[0] if isinstance(output, tuple) else output
+
+    def _reservation(self, sample: Sample) -> int:
+        return min(len(sample.prompt_ids) + sample.params.max_new_tokens, self.context_length)
+
+    def _admit(self) -> list[Sample]:
+        if self.config.static_batching and self._running:
+            return []
+        budget = self.config.kv_token_budget
+        reserved = sum(r.reserved for r in self._running)
+        admitted: list[Sample] = []
+        while self._waiting and len(self._running) + len(admitted) < self.config.max_batch_size:
+            need = self._reservation(self._waiting[0])
+            if budget is not None and reserved + need > budget:
+                break
+            reserved += need
+            admitted.append(self._waiting.popleft())
+        return admitted
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self._tapped = None
+        config = self.policy.model.config
+        saved, config._attn_implementation = config._attn_implementation, self._attn_implementation
+        try:
+            with torch.inference_mode():
+                out = self.base(
+                    input_ids=input_ids, position_ids=positions, attention_mask=mask,
+                    past_key_values=self.cache, use_cache=True,
+                )
+        finally:
+            config._attn_implementation = saved
+        return out.last_hidden_state  # (B, T, d), after the final norm
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.lm_head(hidden).float()
+
+    def _additive_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+
+    def _prefill(self, samples: list[Sample], out: StepOutput) -> None:
+        t0 = time.perf_counter()
+        seqs = [s.prompt_ids + s.output_ids for s in samples]
+        lengths = torch.tensor([len(q) for q in seqs], device=self.device)
+        width = int(lengths.max())
+        input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+        for row, seq in enumerate(seqs):
+            input_ids[row, : len(seq)] = torch.tensor(seq, device=self.device)
+        pos = torch.arange(width, device=self.device)
+        positions = pos.expand(len(seqs), width)
+        allowed = (pos[None, :] <= pos[:, None])[None] & (pos[None, None, :] < lengths[:, None, None])  # (B, T, T)
+        first_slot = len(self._running)
+        self.cache.plan_prefill(first_slot, width)
+        final = self._forward(input_ids, positions, self._additive_mask(allowed[:, None]))
+        last = final[torch.arange(len(seqs), device=self.device), lengths - 1]  # (B, d)
+        logits = self._logits(last)
+        for sample in samples:
+            record = _Running(sample, sample.make_generator(), 0, self._reservation(sample))
+            record.position = sample.num_tokens
+            sample.status = SampleStatus.RUNNING
+            self._running.append(record)
+        rows = self._running[first_slot:]
+        tapped = self._tapped
+        if self.tap_layer is not None or self.config.tap_entropy:
+            weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
+            for row, sample in enumerate(samples):
+                n = len(seqs[row])
+                with torch.inference_mode():
+                    entropy = linear_entropy(final[row, :n], weight, bias) if self.config.tap_entropy else None
+                hidden = tapped[row, :n].float() if tapped is not None else None
+                out.prefills.append(PrefillTap(sample.sample_id, len(sample.prompt_ids), hidden, entropy))
+        self._emit(rows, logits, last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1] if tapped is not None else None, out=out)
+        self.stats.prefill_tokens += int(lengths.sum())
+        self.stats.prefill_time_s += time.perf_counter() - t0
+
+    def _decode(self, out: StepOutput) -> None:
+        t0 = time.perf_counter()
+        rows = self._running
+        input_ids = torch.tensor([[r.sample.output_ids[-1]] for r in rows], device=self.device)  # (R, 1)
+        positions = torch.tensor([r.position for r in rows], device=self.device)  # (R,)
+        self.cache.plan_decode(0, positions)
+        keys = torch.arange(int(positions.max()) + 1, device=self.device)
+        allowed = keys[None, :] <= positions[:, None]  # (R, L)
+        final = self._forward(input_ids, positions[:, None], self._additive_mask(allowed[:, None, None]))
+        live = [i for i, r in enumerate(rows) if not r.padding]
+        padded = len(rows) - len(live)
+        for r in rows:
+            if not r.padding:
+                r.position += 1
+        index = torch.tensor(live, device=self.device)
+        logits = self._logits(final[index, -1])
+        tapped = self._tapped[index, -1] if self._tapped is not None else None
+        self._emit([rows[i] for i in live], logits, last_hidden_tap=tapped, out=out)
+        out.padded_tokens += padded
+        self.stats.padded_tokens += padded
+        self.stats.decode_batch_sizes.append(len(rows))
+        self.stats.decode_time_s += time.perf_counter() - t0
+
+    def _emit(self, rows: list[_Running], logits: torch.Tensor, last_hidden_tap: torch.Tensor | None, out: StepOutput) -> None:
+        """Sample one token per row, record it on the sample, and append the rows to `out`."""
+        params = [r.sample.params for r in rows]
+        tokens, logprobs = sample_next(
+            logits, [p.temperature for p in params], [p.top_p for p in params], [p.top_k for p in params],
+            [r.generator for r in rows],
+        )
+        tokens, logprobs = tokens.tolist(), logprobs.tolist()
+        for record, token, logprob in zip(rows, tokens, logprobs):
+            self._accept(record, token, logprob)
+            out.sample_ids.append(record.sample.sample_id)
+        out.tokens += tokens
+        out.logprobs += logprobs
+        if self.config.tap_entropy:
+            entropy = token_entropy(logits)
+            out.entropy = entropy if out.entropy is None else torch.cat([out.entropy, entropy])
+        if last_hidden_tap is not None:
+            hidden = last_hidden_tap.float()
+            out.hidden = hidden if out.hidden is None else torch.cat([out.hidden, hidden])
+        self.stats.decode_tokens += len(rows)
+
+    def _accept(self, record: _Running, token: int, logprob: float) -> None:
+        sample = record.sample
+        sample.output_ids.append(token)
+        sample.logprobs.append(logprob)
+        stop_ids = sample.params.stop_ids if sample.params.stop_ids is not None else self.policy.stop_ids
+        if token in stop_ids and not sample.params.ignore_stop:
+            sample.status = SampleStatus.FINISHED_STOPPED
+        elif sample.num_output >= sample.params.max_new_tokens or sample.num_tokens >= self.context_length:
+            sample.status = SampleStatus.FINISHED_LENGTH
+        if sample.status.is_finished and self.config.static_batching:
+            record.padding = True
+
+    def _release_finished(self, out: StepOutput) -> None:
+        if self.config.static_batching:
+            if self._running and all(r.padding for r in self._running):
+                for r in self._running:
+                    self._ids.discard(r.sample.sample_id)
+                    out.finished.append(r.sample)
+                self._running.clear()
+            return
+        for slot in range(len(self._running) - 1, -1, -1):
+            if self._running[slot].sample.status.is_finished:
+                sample = self._free_slot(slot).sample
+                self._ids.discard(sample.sample_id)
+                out.finished.append(sample)
+
+    def _free_slot(self, slot: int) -> _Running:
+        """Drop a slot, moving the last running slot into the hole to keep slots contiguous."""
+        last = len(self._running) - 1
+        if slot != last:
+            self.cache.move_slot(last, slot, self._running[last].position)
+            self._running[slot], self._running[last] = self._running[last], self._running[slot]
+        return self._running.pop()
+
+    def _remove(self, sample_id: str, status: SampleStatus) -> Sample:
+        for i, sample in enumerate(self._waiting):
+            if sample.sample_id == sample_id:
+                del self._waiting[i]
+                break
+        else:
+            for slot, record in enumerate(self._running):
+                if record.sample.sample_id == sample_id:
+                    if record.padding:
+                        raise ValueError(f"sample {sample_id!r} is already finished")
+                    sample = self._free_slot(slot).sample
+                    sample.rng_state = record.generator.get_state()
+                    break
+            else:
+                raise KeyError(f"sample {sample_id!r} is not in this engine")
+        self._ids.discard(sample_id)
+        sample.status = status
+        return sample

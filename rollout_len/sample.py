@@ -1,0 +1,108 @@
+"""A sample (one response being generated) and its explicit state machine.
+
+A sample is self-contained: prompt ids, generated ids and log-probs, its sampling parameters and
+its own RNG state. Exporting it from one engine and importing it into another continues it exactly
+where it stopped (the importing engine re-prefills prompt + generated tokens).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["SamplingParams", "Sample", "SampleStatus", "FINISH_REASONS", "sample_seed"]
+
+
+class SampleStatus(enum.IntEnum):
+    """Ordered so that `status >= FINISHED_STOPPED` means finished."""
+
+    WAITING = 0  # queued in an engine, no KV cache yet
+    RUNNING = 1  # holds a slot and KV cache, decoding
+    MIGRATING = 2  # exported from one engine, not yet imported into another
+    FINISHED_STOPPED = 3  # produced a stop token
+    FINISHED_LENGTH = 4  # hit max_new_tokens or the model's context
+    FINISHED_ABORTED = 5  # aborted by the caller
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= SampleStatus.FINISHED_STOPPED
+
+
+FINISH_REASONS = {
+    SampleStatus.FINISHED_STOPPED: "stop",
+    SampleStatus.FINISHED_LENGTH: "length",
+    SampleStatus.FINISHED_ABORTED: "abort",
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus mass kept, in (0, 1]
+    top_k: int = 0  # 0 keeps the whole vocabulary
+    max_new_tokens: int = 256
+    stop_ids: tuple[int, ...] | None = None  # None: the policy's stop ids
+    ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks that fix lengths)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be an int > 0, got {self.max_new_tokens!r}")
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """A 63-bit seed from (seed, sample id), stable across processes (unlike hash())."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Sample:
+    """One response in flight. `group_id` ties the n samples of one prompt together (GRPO)."""
+
+    sample_id: str
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    seed: int = 0
+    group_id: str | None = None
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # of each output token, temperature-scaled
+    status: SampleStatus = SampleStatus.WAITING
+    rng_state: torch.Tensor | None = None  # torch.Generator state; None = fresh from the seed
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError(f"sample {self.sample_id!r}: the prompt is empty")
+        if not isinstance(self.params, SamplingParams):
+            raise TypeError(f"sample {self.sample_id!r}: params must be SamplingParams, got {type(self.params)}")
+
+    @property
+    def num_output(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return FINISH_REASONS.get(self.status)
+
+    def make_generator(self) -> torch.Generator:
+        """The sample's RNG, restored from its exported state or fresh from (seed, sample id)."""
+        gen = torch.Generator(device="cpu")
+        if self.rng_state is not None:
+            gen.set_state(self.rng_state)
+        else:
+            gen.manual_seed(sample_seed(self.seed, self.sample_id))
+        return gen

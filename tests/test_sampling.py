@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from rollout_len.sampling import sample_next, token_entropy
+
+
+def _gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_greedy_rows_take_the_argmax_and_report_raw_logprob():
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    tokens, logp = sample_next(logits, [0.0, 0.0], [1.0, 1.0], [0, 0], _gens(2))
+    assert tokens.tolist() == [1, 0]
+    torch.testing.assert_close(logp, torch.log_softmax(logits, -1)[[0, 1], [1, 0]])
+
+
+def test_empirical_frequencies_match_the_tempered_distribution():
+    logits = torch.tensor([1.0, 0.0, -0.5, 2.0])
+    probs = torch.softmax(logits / 0.7, -1)
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    for _ in range(4000):
+        token, _ = sample_next(logits[None], [0.7], [1.0], [0], [g])
+        counts[token] += 1
+    # 4000 draws: the standard error of each frequency is below 0.008.
+    torch.testing.assert_close(counts / 4000, probs, atol=0.03, rtol=0)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    seen_k, seen_p = set(), set()
+    for seed in range(300):
+        seen_k.add(int(sample_next(logits[None], [1.0], [1.0], [2], _gens(1, seed))[0]))
+        seen_p.add(int(sample_next(logits[None], [1.0], [0.7], [0], _gens(1, seed))[0]))
+    assert seen_k == {0, 1}
+    assert seen_p == {0, 1}  # 0.5 < 0.7, so the token that crosses 0.7 (index 1) is kept
+
+
+def test_logprob_is_of_the_tempered_unfiltered_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    tokens, logp = sample_next(logits, [2.0], [0.5], [0], _gens(1))
+    assert tokens.item() == 0
+    assert logp.item() == pytest.approx(torch.log_softmax(logits / 2.0, -1)[0, 0].item())
+
+
+def test_token_entropy_extremes():
+    assert token_entropy(torch.zeros(10)).item() == pytest.approx(torch.log(torch.tensor(10.0)).item())
+    assert token_entropy(torch.tensor([1e4, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
