@@ -25,6 +25,7 @@ import torch
 from rollout_len.kernels import linear_entropy
 from rollout_len.kv_cache import SLOT_ATTENTION, SlotKVCache
 from rollout_len.model import Policy
+from rollout_len.predictor.features import resolve_layer
 from rollout_len.sample import Sample, SampleStatus
 from rollout_len.sampling import sample_next, token_entropy
 
@@ -37,7 +38,8 @@ class EngineConfig:
     # Tokens of KV cache that running samples may reserve together; each reserves
     # min(prompt + max_new_tokens, context) on admission. None: only slots limit admission.
     kv_token_budget: int | None = None
-    # Decoder layer whose output is tapped: 1..num_layers, or negative from the end (-1 = last).
+    # Hidden state tapped, numbered as transformers' hidden_states: 1..num_layers (the last is the
+    # final-normed state the LM head reads), or negative from the end (-1 = last).
     tap_layer: int | None = None
     tap_entropy: bool = False  # next-token entropy per decode step and per prefilled position
     static_batching: bool = False  # HF-generate baseline: no admission until the whole batch ends
@@ -116,9 +118,11 @@ class DecodeEngine:
         self.base = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         layers = self.base.layers
-        self.tap_layer = self._resolve_tap_layer(self.config.tap_layer, len(layers))
+        self.tap_layer = None if self.config.tap_layer is None else resolve_layer(self.config.tap_layer, len(layers), "tap_layer")
         self._tapped: torch.Tensor | None = None
-        if self.tap_layer is not None:
+        # As in transformers' hidden_states: layer L < num_layers is decoder layer L's output, the
+        # last one is the final-normed state the LM head reads (no hook needed).
+        if self.tap_layer is not None and self.tap_layer < len(layers):
             layers[self.tap_layer - 1].register_forward_hook(self._tap_hook)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -202,14 +206,6 @@ class DecodeEngine:
 
     # ------------------------------------------------------------------ internals
 
-    @staticmethod
-    def _resolve_tap_layer(tap_layer: int | None, num_layers: int) -> int | None:
-        if tap_layer is None:
-            return None
-        if not isinstance(tap_layer, int) or not (-num_layers <= tap_layer <= num_layers) or tap_layer == 0:
-            raise ValueError(f"tap_layer must be in 1..{num_layers} or -{num_layers}..-1, got {tap_layer!r}")
-        return tap_layer if tap_layer > 0 else num_layers + 1 + tap_layer
-
     def _tap_hook(self, module, args, output) -> None:
         self._tapped = output[0] if isinstance(output, tuple) else output
 
@@ -242,6 +238,8 @@ class DecodeEngine:
                 )
         finally:
             config._attn_implementation = saved
+        if self.tap_layer == len(self.base.layers):
+            self._tapped = out.last_hidden_state
         return out.last_hidden_state  # (B, T, d), after the final norm
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

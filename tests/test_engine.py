@@ -124,10 +124,11 @@ def test_stop_ids_end_a_sample():
     assert stopped.finish_reason == "stop"
 
 
-def test_taps_match_a_full_forward():
+@pytest.mark.parametrize("tap_layer, index", [(1, 1), (-1, 2)])
+def test_taps_match_a_full_forward(tap_layer, index):
     policy = tiny("llama")
     prompts = mixed_prompts(3, seed=6)
-    engine = DecodeEngine(policy, EngineConfig(max_batch_size=3, tap_layer=1, tap_entropy=True))
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=3, tap_layer=tap_layer, tap_entropy=True))
     samples = make_samples(prompts, max_new_tokens=6, ignore_stop=True)
     for s in samples:
         engine.add(s)
@@ -139,7 +140,7 @@ def test_taps_match_a_full_forward():
         ids = torch.tensor([sample.prompt_ids + sample.output_ids])
         with torch.inference_mode():
             full = policy.model(ids, output_hidden_states=True)
-        hidden = full.hidden_states[1][0]  # (T, d) output of decoder layer 1
+        hidden = full.hidden_states[index][0]  # (T, d); index 2 = final-normed last layer
         entropy = token_entropy(full.logits[0])  # (T,)
         n = len(sample.prompt_ids)
         tap = prefill[sample.sample_id]

@@ -23,10 +23,10 @@ from rollout_len.sample import Sample, SamplingParams
 __all__ = ["run"]
 
 
-def _decode_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int) -> dict:
+def _decode_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int, temperature: float = 1.0) -> dict:
     """Tokens/s of decode steps only (prefill excluded) with `batch` samples running together."""
     engine = DecodeEngine(policy, EngineConfig(max_batch_size=batch))
-    params = SamplingParams(max_new_tokens=new_tokens, ignore_stop=True)
+    params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens, ignore_stop=True)
     for i in range(batch):
         engine.add(Sample(f"b{batch}-{i}", prompt_ids, params, seed=i))
     start = time.perf_counter()
@@ -102,11 +102,11 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
         print(f"  batch {batch:3d}: {row['tok_s']:7.1f} tok/s  ({row['step_ms']:.1f} ms/step)")
 
     cache_batch, cache_tokens = (8, 32) if quick else (32, 128)
-    ours = _decode_throughput(policy, prompts[0], cache_batch, cache_tokens)
+    ours = _decode_throughput(policy, prompts[0], cache_batch, cache_tokens, temperature=0.0)  # greedy, as HF below
     hf = _hf_generate_throughput(policy, prompts[0], cache_batch, cache_tokens)
     result["kv_cache"] = {"batch": cache_batch, "new_tokens": cache_tokens, "slot_cache_engine": ours, "hf_generate_dynamic_cache": hf}
     print(f"KV cache, batch {cache_batch} x {cache_tokens} tokens: engine (slot cache) {ours['tok_s_with_prefill']:.1f} tok/s, "
-          f"HF generate (DynamicCache) {hf['tok_s']:.1f} tok/s (both incl. prefill)")
+          f"HF generate (DynamicCache) {hf['tok_s']:.1f} tok/s (both greedy, incl. prefill)")
 
     count, max_len, slots = (16, 48, 4) if quick else (64, 256, 16)
     lengths = _long_tail_lengths(count, max_len, seed)
