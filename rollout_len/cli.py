@@ -4,6 +4,9 @@
     rollout-len generate --prompts prompts.jsonl --n 4 --temperature 1.0 --json out.json
     rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
     rollout-len bench engine --json docs/results/engine.json [--quick]
+    rollout-len bench kernels --json docs/results/kernels.json [--quick]
+    rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
+    rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 import time
 
 __all__ = ["main"]
@@ -43,6 +47,57 @@ def _add_bench(sub) -> None:
     e.add_argument("--json", metavar="OUT")
     e.add_argument("--quick", action="store_true", help="small counts, a minute or two")
     e.add_argument("--seed", type=int, default=0)
+    k = bench.add_parser("kernels", help="entropy over the vocabulary: naive vs chunked (CPU), Triton (GPU)")
+    k.add_argument("--json", metavar="OUT")
+    k.add_argument("--quick", action="store_true")
+
+
+def _add_forelen(sub) -> None:
+    p = sub.add_parser("forelen", help="ForeLen-lite length-prediction benchmark")
+    fl = p.add_subparsers(dest="forelen", required=True)
+    b = fl.add_parser("build", help="generate a dataset with the policy (lengths, features, PLP checkpoints)")
+    b.add_argument("--scenario", required=True, choices=["longseq", "reasoning", "rl"])
+    b.add_argument("--model", default="smollm2-135m")
+    b.add_argument("--out", required=True)
+    b.add_argument("--prompts", metavar="FILE.jsonl", help="your own prompts instead of the scenario's")
+    b.add_argument("--limit", type=int, help="number of prompts")
+    b.add_argument("--quick", action="store_true", help="a few prompts, short budgets: the whole path in minutes")
+    b.add_argument("--every", type=int, default=16, help="PLP checkpoint interval k (tokens)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--max-batch-size", type=int, default=32)
+    e = fl.add_parser("eval", help="MAE table of the predictors on built datasets")
+    e.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
+    e.add_argument("--methods", default="all", help="comma list of egtp,mean,max,last,plp or 'all'")
+    e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
+    e.add_argument("--json", metavar="OUT")
+    c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens")
+    c.add_argument("--data", required=True)
+    c.add_argument("--json", metavar="OUT")
+
+
+def _forelen(args) -> int:
+    if args.forelen == "build":
+        from rollout_len.forelen.build import build
+
+        build(args.scenario, args.out, model=args.model, prompts_file=args.prompts, limit=args.limit,
+              quick=args.quick, seed=args.seed, every=args.every, max_batch_size=args.max_batch_size)
+        return 0
+    from rollout_len.forelen.evaluate import METHODS, evaluate_methods, format_table, plp_curve
+
+    if args.forelen == "eval":
+        methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
+        results = evaluate_methods(args.data, methods, layer=args.layer)
+        print(format_table(results))
+        payload = {sc: {k: v for k, v in rows.items() if not k.startswith("_")} for sc, rows in results.items()}
+    else:
+        curve = plp_curve(args.data)
+        for t, m in curve.items():
+            print(f"t={t:4d}  remaining-length MAE {m['mae']:7.1f}  (n={m['n']})")
+        payload = {str(t): m for t, m in curve.items()}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+    return 0
 
 
 def _generate(args) -> int:
@@ -94,14 +149,22 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_bench(sub)
+    _add_forelen(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "forelen":
+            return _forelen(args)
         if args.command == "bench" and args.bench == "engine":
             from rollout_len.bench.engine import run
 
             run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
+            return 0
+        if args.command == "bench" and args.bench == "kernels":
+            from rollout_len.kernels.bench import run as run_kernels
+
+            run_kernels(args.json, quick=args.quick)
             return 0
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"rollout-len: error: {err}", file=sys.stderr)

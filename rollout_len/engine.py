@@ -64,7 +64,8 @@ class PrefillTap:
 class StepOutput:
     """What one engine step produced. Rows: one per sample that got a new token this step."""
 
-    sample_ids: list[str]  # row -> sample
+    sample_ids: list[str]  # row -> sample; decode rows first, then rows of samples prefilled now
+    num_decode_rows: int  # rows [0, num_decode_rows) fed a generated token; their taps are its state
     tokens: list[int]  # the token each row sampled
     logprobs: list[float]
     entropy: torch.Tensor | None  # (R,) entropy of the distribution each token was drawn from
@@ -75,7 +76,7 @@ class StepOutput:
 
     @classmethod
     def make_empty(cls) -> "StepOutput":
-        return cls([], [], [], None, None, [], [], 0)
+        return cls([], 0, [], [], None, None, [], [], 0)
 
 
 @dataclass
@@ -169,6 +170,7 @@ class DecodeEngine:
         out = StepOutput.make_empty()
         if self._running:
             self._decode(out)
+            out.num_decode_rows = len(out.sample_ids)
             self._release_finished(out)
         admitted = self._admit()
         if admitted:

@@ -1,0 +1,129 @@
+"""Evaluate length predictors on ForeLen-lite datasets.
+
+    rollout-len forelen eval --data data/forelen/rl --data data/forelen/reasoning --methods all --json out.json
+    rollout-len forelen plp-curve --data data/forelen/rl --json curve.json --png curve.png
+
+Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the prompt's states at one layer)
+fit a SoftLabelHead on the train prompts' samples, pick the epoch on val, and report test metrics.
+`plp` fits one head on PLP checkpoints (t = 0, k, 2k, ...) to the remaining length; its table row is
+at t = 0 (prompt only); the curve gives MAE by t.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rollout_len.predictor.egtp import POOLINGS
+from rollout_len.predictor.plp import plp_features
+from rollout_len.predictor.train import FitConfig, evaluate, fit_head
+
+__all__ = ["load_dataset", "evaluate_methods", "plp_curve", "METHODS"]
+
+METHODS = (*POOLINGS, "plp")
+_REQUIRED = ("sample/prompt", "sample/length", "sample/capped", "prompt/split", "ckpt/sample", "ckpt/t", "ckpt/pool")
+
+
+def load_dataset(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(card, tensors) of a built dataset; a missing or corrupt folder is a clear error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in ("card.json", "data.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing: not a ForeLen-lite dataset (run `rollout-len forelen build`)")
+    try:
+        card = json.loads((folder / "card.json").read_text())
+        tensors = load_file(str(folder / "data.safetensors"))
+    except (json.JSONDecodeError, SafetensorError, OSError) as err:
+        raise ValueError(f"{folder}: corrupt dataset ({err})") from err
+    missing = [k for k in _REQUIRED if k not in tensors]
+    if missing:
+        raise ValueError(f"{folder}/data.safetensors lacks {missing}")
+    for key, value in tensors.items():
+        if value.is_floating_point() and not torch.isfinite(value.float()).all():
+            raise ValueError(f"{folder}/data.safetensors: {key} contains NaN/inf")
+    return card, tensors
+
+
+def _sample_split(t: dict[str, torch.Tensor]) -> torch.Tensor:
+    return t["prompt/split"][t["sample/prompt"]]  # (S,)
+
+
+def _fit_and_test(x, y, split, config: FitConfig):
+    masks = [split == i for i in range(3)]
+    if any(int(m.sum()) == 0 for m in masks):
+        raise ValueError("every split needs examples; the dataset is too small")
+    head = fit_head(x[masks[0]], y[masks[0]], x[masks[1]], y[masks[1]], config)
+    return head, head.predict(x[masks[2]])[0], y[masks[2]]
+
+
+def _prompt_only(card, t, method: str, layer: int, config: FitConfig) -> dict:
+    key = f"prompt/{layer}/{method}"
+    if key not in t:
+        raise ValueError(f"dataset has no {key}; layers built: {card['layers']}")
+    x = t[key][t["sample/prompt"]]
+    _, pred, true = _fit_and_test(x, t["sample/length"].float(), _sample_split(t), config)
+    return evaluate(pred, true)
+
+
+def _plp_examples(card, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    s = t["ckpt/sample"]
+    prompt = t[f"prompt/{card['plp_layer']}/egtp"][t["sample/prompt"][s]]
+    steps = t["ckpt/t"]
+    x = plp_features(prompt, t["ckpt/pool"].float(), steps)
+    y = (t["sample/length"][s] - steps).float()
+    return x, y, _sample_split(t)[s], steps
+
+
+def _plp(card, t, config: FitConfig) -> tuple[dict, dict[int, dict]]:
+    x, y, split, steps = _plp_examples(card, t)
+    head, _, _ = _fit_and_test(x, y, split, config)
+    test = split == 2
+    pred = head.predict(x[test])[0]
+    by_t = {int(step): evaluate(pred[steps[test] == step], y[test][steps[test] == step])
+            for step in torch.unique(steps[test]).tolist()}
+    return by_t[0], by_t
+
+
+def evaluate_methods(folders: list[str], methods: list[str], layer: int | None = None,
+                     config: FitConfig | None = None) -> dict:
+    """{scenario: {method: metrics}} plus {scenario: {"_card": ...}}."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; valid: {list(METHODS)} or 'all'")
+    config = config or FitConfig()
+    results: dict = {}
+    for folder in folders:
+        card, t = load_dataset(folder)
+        chosen = layer if layer is not None else card["plp_layer"]
+        scenario = {"_card": {k: card[k] for k in ("model", "counts", "lengths", "sampling")}, "_layer": chosen}
+        for method in methods:
+            if method == "plp":
+                scenario["plp"], _ = _plp(card, t, config)
+            else:
+                scenario[method] = _prompt_only(card, t, method, chosen, config)
+        results[card["scenario"]] = scenario
+    return results
+
+
+def plp_curve(folder: str, config: FitConfig | None = None) -> dict[int, dict]:
+    card, t = load_dataset(folder)
+    _, by_t = _plp(card, t, config or FitConfig())
+    return by_t
+
+
+def format_table(results: dict) -> str:
+    lines = []
+    for scenario, rows in results.items():
+        lengths = rows["_card"]["lengths"]
+        lines.append(f"{scenario} (layer {rows['_layer']}; test n={next(v for k, v in rows.items() if not k.startswith('_'))['n']}, "
+                     f"mean length {lengths['mean']:.0f}, capped {lengths['capped_fraction']:.0%})")
+        lines.append(f"  {'method':8s} {'MAE':>7s} {'RMSE':>7s} {'±50':>6s} {'±100':>6s} {'tau':>6s}")
+        for method, m in rows.items():
+            if not method.startswith("_"):
+                lines.append(f"  {method:8s} {m['mae']:7.1f} {m['rmse']:7.1f} {m['acc50']:6.2f} {m['acc100']:6.2f} {m['kendall_tau']:6.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""PLP: progressive length prediction of the *remaining* length during decoding.
+
+At decode step t (t tokens generated) the feature is
+
+    z_t = [ h_prompt ; pool_t ; log(t + 1) ]          (2d + 1,)
+
+with h_prompt the EGTP feature of the prompt and pool_t the entropy-softmax pool of the generated
+tokens' hidden states, kept online (running max / sum-exp / weighted sum: O(d) per step, old states
+never re-read). A SoftLabelHead over remaining-length bins maps z_t to a distribution. At t = 0 the
+pool is zero and PLP is a prompt-only predictor, so one head serves admission and re-estimation.
+
+    tracker = PLPTracker(predictor)
+    tracker.start("s0", prompt_feature)                       # after prefill
+    tracker.update(step.sample_ids, step.hidden, step.entropy)  # every decode step
+    mean, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))   # every k steps
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rollout_len.kernels import OnlinePoolState, online_pool_update
+from rollout_len.predictor.head import SoftLabelHead
+
+__all__ = ["plp_features", "PLPTracker", "checkpoint_steps"]
+
+
+def plp_features(prompt_feature: torch.Tensor, generated_pool: torch.Tensor, tokens_done: torch.Tensor) -> torch.Tensor:
+    """z_t = [h_prompt, pool_t, log(t+1)].  (B, d), (B, d), (B,) -> (B, 2d + 1)"""
+    progress = torch.log1p(tokens_done.float())[:, None]
+    return torch.cat([prompt_feature.float(), generated_pool.float(), progress], dim=1)
+
+
+class PLPTracker:
+    """Per-sample PLP state for the samples an engine is decoding; predicts remaining lengths."""
+
+    def __init__(self, head: SoftLabelHead, dim: int):
+        if head.config.in_dim != 2 * dim + 1:
+            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {dim} needs {2 * dim + 1}")
+        self.head, self.dim = head, dim
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._pool = OnlinePoolState.init(0, dim)
+        self._prompt = torch.zeros(0, dim)
+        self._tokens = torch.zeros(0, dtype=torch.long)
+
+    def __contains__(self, sample_id: str) -> bool:
+        return sample_id in self._rows
+
+    def _grow(self) -> None:
+        old = self._pool.batch_size
+        new = max(8, 2 * old)
+        pool = OnlinePoolState.init(new, self.dim)
+        pool.m[:old], pool.s[:old], pool.acc[:old] = self._pool.m, self._pool.s, self._pool.acc
+        self._pool = pool
+        self._prompt = torch.cat([self._prompt, torch.zeros(new - old, self.dim)])
+        self._tokens = torch.cat([self._tokens, torch.zeros(new - old, dtype=torch.long)])
+        self._free += list(range(new - 1, old - 1, -1))
+
+    def start(self, sample_id: str, prompt_feature: torch.Tensor, state: dict | None = None) -> None:
+        """Track a sample from its prompt feature (d,); `state` resumes one exported by `export`."""
+        if sample_id in self._rows:
+            raise ValueError(f"sample {sample_id!r} is already tracked")
+        if prompt_feature.shape != (self.dim,):
+            raise ValueError(f"prompt_feature must be ({self.dim},), got {tuple(prompt_feature.shape)}")
+        if not self._free:
+            self._grow()
+        row = self._free.pop()
+        self._rows[sample_id] = row
+        self._prompt[row] = prompt_feature.float()
+        self._pool.reset(torch.tensor([row]))
+        self._tokens[row] = 0
+        if state is not None:
+            self._pool.m[row], self._pool.s[row] = state["m"], state["s"]
+            self._pool.acc[row] = state["acc"]
+            self._tokens[row] = state["tokens"]
+
+    def update(self, sample_ids: list[str], hidden: torch.Tensor, entropy: torch.Tensor) -> None:
+        """Fold one generated token's state (R, d) and entropy (R,) into each listed sample."""
+        known = [i for i, sid in enumerate(sample_ids) if sid in self._rows]
+        if not known:
+            return
+        index = torch.tensor(known)
+        rows = torch.tensor([self._rows[sample_ids[i]] for i in known])
+        online_pool_update(self._pool, hidden[index].float().cpu(), entropy[index].float().cpu(), rows)
+        self._tokens[rows] += 1
+
+    @torch.no_grad()
+    def predict(self, sample_ids: list[str], quantiles: tuple[float, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted remaining length (R,) and its quantiles (R, Q)."""
+        missing = [sid for sid in sample_ids if sid not in self._rows]
+        if missing:
+            raise KeyError(f"samples not tracked: {missing[:5]}")
+        rows = torch.tensor([self._rows[sid] for sid in sample_ids], dtype=torch.long)
+        z = plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows])
+        return self.head.predict(z, quantiles)
+
+    def export(self, sample_id: str) -> dict:
+        """Remove a sample and return its pooling state (migrates with the sample)."""
+        row = self._rows.pop(sample_id)
+        self._free.append(row)
+        return {"m": float(self._pool.m[row]), "s": float(self._pool.s[row]), "acc": self._pool.acc[row].clone(),
+                "tokens": int(self._tokens[row]), "prompt": self._prompt[row].clone()}
+
+    def drop(self, sample_id: str) -> None:
+        self.export(sample_id)
+
+    def tokens_done(self, sample_id: str) -> int:
+        return int(self._tokens[self._rows[sample_id]])
+
+
+def checkpoint_steps(length: int, every: int) -> list[int]:
+    """Decode steps t = 0, k, 2k, ... < length at which PLP training examples are taken."""
+    if every < 1:
+        raise ValueError(f"k (checkpoint interval) must be >= 1, got {every}")
+    return list(range(0, max(length, 1), every))
+

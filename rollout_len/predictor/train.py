@@ -1,0 +1,158 @@
+"""Fitting and evaluating length heads: offline fit with validation selection, metrics, online re-fit.
+
+    head = fit_head(x_train, y_train, x_val, y_val, FitConfig(num_bins=20))
+    metrics = evaluate(head.predict(x_test)[0], y_test)   # {"mae", "rmse", "acc50", "acc100", "kendall_tau"}
+
+    trainer = OnlineTrainer(head, buffer_size=4096)
+    trainer.add(features_of_finished, true_lengths)       # free labels from finished samples
+    trainer.refit()                                        # a few epochs over the replay buffer
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+
+__all__ = ["FitConfig", "fit_head", "evaluate", "kendall_tau", "OnlineTrainer"]
+
+
+@dataclass
+class FitConfig:
+    num_bins: int = 20
+    bins: str = "quantile"  # "quantile" (from training lengths) or "log" (log-spaced up to max_length)
+    max_length: int | None = None  # log bins: the longest length to cover (e.g. max_new_tokens); None = train max
+    lam: float = 0.95
+    hidden_dim: int | None = None
+    dropout: float = 0.1
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    epochs: int = 200
+    batch_size: int = 64
+    patience: int = 20  # epochs without validation improvement before stopping
+    seed: int = 0
+
+
+def _check_xy(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{where}: need features (N, d) and lengths (N,), got {tuple(x.shape)}, {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{where}: no examples")
+    if not torch.isfinite(x).all():
+        bad = torch.nonzero(~torch.isfinite(x).all(1))[:5, 0].tolist()
+        raise ValueError(f"{where}: features contain NaN/inf (rows {bad})")
+    if not torch.isfinite(y).all() or (y < 0).any():
+        raise ValueError(f"{where}: lengths must be finite and >= 0")
+
+
+def make_bins(y: torch.Tensor, config: FitConfig) -> LengthBins:
+    if config.bins == "quantile":
+        return LengthBins.from_quantiles(y.numpy(), config.num_bins)
+    if config.bins == "log":
+        return LengthBins.log_spaced(float(config.max_length or y.max()), config.num_bins)
+    raise ValueError(f"unknown bins {config.bins!r}; valid: ['log', 'quantile']")
+
+
+def _epoch(head: SoftLabelHead, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int, gen: torch.Generator) -> None:
+    head.train()
+    order = torch.randperm(len(x), generator=gen)
+    for start in range(0, len(x), batch):
+        idx = order[start : start + batch]
+        opt.zero_grad()
+        head.loss(x[idx], y[idx]).backward()
+        opt.step()
+
+
+def fit_head(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, config: FitConfig | None = None
+) -> SoftLabelHead:
+    """Train a SoftLabelHead; keep the epoch with the lowest validation MAE (early stopping)."""
+    config = config or FitConfig()
+    _check_xy(x_train, y_train, "train")
+    _check_xy(x_val, y_val, "val")
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    head = SoftLabelHead(
+        HeadConfig(in_dim=x_train.shape[1], hidden_dim=config.hidden_dim, dropout=config.dropout, lam=config.lam),
+        make_bins(y_train, config),
+    )
+    opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    best, best_state, stale = float("inf"), copy.deepcopy(head.state_dict()), 0
+    for _ in range(config.epochs):
+        _epoch(head, opt, x_train.float(), y_train.float(), config.batch_size, gen)
+        mae = float((head.predict(x_val.float())[0] - y_val).abs().mean())
+        if mae < best - 1e-6:
+            best, best_state, stale = mae, copy.deepcopy(head.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    head.load_state_dict(best_state)
+    return head.eval()
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b between two score vectors (ties counted as neither concordant nor discordant)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2:
+        return float("nan")
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    upper = np.triu_indices(len(a), k=1)
+    da, db = da[upper], db[upper]
+    denom = np.sqrt((da != 0).sum() * (db != 0).sum())
+    return float((da * db).sum() / denom) if denom else float("nan")
+
+
+def evaluate(predicted: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """MAE, RMSE, fraction within ±50 and ±100 tokens, Kendall's tau."""
+    p, t = predicted.double().numpy(), true.double().numpy()
+    err = np.abs(p - t)
+    return {
+        "mae": float(err.mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "acc50": float((err <= 50).mean()),
+        "acc100": float((err <= 100).mean()),
+        "kendall_tau": kendall_tau(p, t),
+        "n": int(len(t)),
+    }
+
+
+class OnlineTrainer:
+    """Re-fits a head from finished samples (free labels) kept in a bounded replay buffer.
+
+    The buffer keeps the most recent `buffer_size` examples (a ring), so the head follows a policy
+    whose lengths drift during RL. Bins stay fixed (the head's output layer is not resized).
+    """
+
+    def __init__(self, head: SoftLabelHead, buffer_size: int = 4096, lr: float = 1e-3, epochs: int = 3,
+                 batch_size: int = 64, seed: int = 0):
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.head = head
+        self.buffer_size, self.epochs, self.batch_size = buffer_size, epochs, batch_size
+        self._x = torch.zeros(0, head.config.in_dim)
+        self._y = torch.zeros(0)
+        self._opt = torch.optim.AdamW(head.parameters(), lr=lr)
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self._y)
+
+    def add(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
+        _check_xy(features, lengths, "OnlineTrainer.add")
+        if features.shape[1] != self.head.config.in_dim:
+            raise ValueError(f"features must be (N, {self.head.config.in_dim}), got {tuple(features.shape)}")
+        self._x = torch.cat([self._x, features.float()])[-self.buffer_size :]
+        self._y = torch.cat([self._y, lengths.float()])[-self.buffer_size :]
+
+    def refit(self) -> None:
+        if not len(self):
+            return
+        for _ in range(self.epochs):
+            _epoch(self.head, self._opt, self._x, self._y, self.batch_size, self._gen)
+        self.head.eval()

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rollout_len.forelen.build import build, split_prompts
+from rollout_len.forelen.evaluate import METHODS, evaluate_methods, load_dataset, plp_curve
+
+
+@pytest.fixture(scope="module")
+def tiny_rl(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl")
+    build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16)
+    return out
+
+
+def test_build_writes_a_consistent_dataset(tiny_rl):
+    card = json.loads((tiny_rl / "card.json").read_text())
+    t = load_file(str(tiny_rl / "data.safetensors"))
+    assert card["counts"]["samples"] == 64 and card["sampling"]["n"] == 8
+    lengths = t["sample/length"]
+    assert lengths.shape == (64,) and int(lengths.max()) <= card["sampling"]["max_new_tokens"]
+    assert card["lengths"]["capped_fraction"] == pytest.approx(t["sample/capped"].float().mean().item())
+    # PLP checkpoints: t = 0, k, 2k, ... strictly before each sample's end.
+    for s in range(64):
+        steps = sorted(t["ckpt/t"][t["ckpt/sample"] == s].tolist())
+        assert steps == list(range(0, int(lengths[s]), 8))
+    # n samples of one prompt stay in one split.
+    prompts = [json.loads(line) for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]
+    assert {p["split"] for p in prompts} == {"train", "val", "test"}
+    assert t["prompt/2/egtp"].shape == (8, 64)
+
+
+def test_eval_reports_every_method(tiny_rl):
+    results = evaluate_methods([str(tiny_rl)], list(METHODS))
+    rows = results["rl"]
+    for method in METHODS:
+        assert rows[method]["n"] > 0 and torch.isfinite(torch.tensor(rows[method]["mae"]))
+    curve = plp_curve(str(tiny_rl))
+    assert 0 in curve and all(m["n"] > 0 for m in curve.values())
+
+
+def test_splits_are_by_prompt_and_cover_all():
+    split = split_prompts(10, seed=0)
+    assert sorted(set(split.tolist())) == [0, 1, 2] and (split == 0).sum() == 7
+    with pytest.raises(ValueError, match="at least 3 prompts"):
+        split_prompts(2, seed=0)
+
+
+def test_bad_datasets_are_clear_errors(tmp_path, tiny_rl):
+    with pytest.raises(FileNotFoundError, match="card.json is missing"):
+        load_dataset(tmp_path)
+    (tmp_path / "card.json").write_text("{}")
+    (tmp_path / "data.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt dataset"):
+        load_dataset(tmp_path)
+    with pytest.raises(ValueError, match="unknown methods \\['median'\\]"):
+        evaluate_methods([str(tiny_rl)], ["median"])
+    with pytest.raises(ValueError, match="unknown scenario"):
+        build("chat", tmp_path / "x", model="tiny-llama")

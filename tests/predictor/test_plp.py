@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from rollout_len.predictor.egtp import pool
+from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+from rollout_len.predictor.plp import PLPTracker, checkpoint_steps, plp_features
+
+D = 6
+
+
+def _tracker():
+    torch.manual_seed(0)
+    head = SoftLabelHead(HeadConfig(in_dim=2 * D + 1, dropout=0.0), LengthBins.log_spaced(512, 8))
+    return PLPTracker(head, D)
+
+
+def test_online_pool_equals_egtp_over_the_generated_tokens():
+    tracker = _tracker()
+    prompts = torch.randn(3, D)
+    for i in range(3):
+        tracker.start(f"s{i}", prompts[i])
+    seen = {f"s{i}": ([], []) for i in range(3)}
+    for step in range(12):
+        ids = ["s0", "s1", "s2"] if step % 3 else ["s2", "s0"]  # rows arrive in any order, some skip
+        hidden, entropy = torch.randn(len(ids), D), torch.rand(len(ids)) * 5
+        tracker.update(ids + ["untracked"], torch.cat([hidden, torch.randn(1, D)]), torch.cat([entropy, torch.rand(1)]))
+        for row, sid in enumerate(ids):
+            seen[sid][0].append(hidden[row])
+            seen[sid][1].append(entropy[row])
+    mean, _ = tracker.predict(["s0", "s1", "s2"])
+    for i in range(3):
+        sid = f"s{i}"
+        h, e = torch.stack(seen[sid][0]), torch.stack(seen[sid][1])
+        assert tracker.tokens_done(sid) == len(e)
+        z = plp_features(prompts[i][None], pool(h, e, "egtp")[None], torch.tensor([len(e)]))
+        torch.testing.assert_close(mean[i], tracker.head.predict(z)[0][0], atol=1e-4, rtol=1e-4)
+
+
+def test_export_and_resume_give_the_same_prediction():
+    tracker, other = _tracker(), _tracker()
+    other.head.load_state_dict(tracker.head.state_dict())
+    tracker.start("a", torch.randn(D))
+    for _ in range(5):
+        tracker.update(["a"], torch.randn(1, D), torch.rand(1))
+    before, _ = tracker.predict(["a"])
+    state = tracker.export("a")
+    other.start("a", state["prompt"], state=state)
+    torch.testing.assert_close(other.predict(["a"])[0], before)
+    assert "a" not in tracker and other.tokens_done("a") == 5
+
+
+def test_many_samples_grow_the_state():
+    tracker = _tracker()
+    for i in range(20):
+        tracker.start(f"s{i}", torch.randn(D))
+    tracker.drop("s3")
+    tracker.start("s3", torch.randn(D))
+    assert tracker.predict([f"s{i}" for i in range(20)])[0].shape == (20,)
+
+
+def test_bad_input():
+    tracker = _tracker()
+    with pytest.raises(ValueError, match=r"needs 9"):
+        PLPTracker(tracker.head, 4)
+    with pytest.raises(ValueError, match=r"prompt_feature must be \(6,\)"):
+        tracker.start("x", torch.zeros(5))
+    with pytest.raises(KeyError, match="not tracked"):
+        tracker.predict(["nobody"])
+    with pytest.raises(ValueError, match="k .* >= 1"):
+        checkpoint_steps(10, 0)
+    assert checkpoint_steps(10, 4) == [0, 4, 8]
