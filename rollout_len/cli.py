@@ -47,6 +47,11 @@ def _add_bench(sub) -> None:
     e.add_argument("--json", metavar="OUT")
     e.add_argument("--quick", action="store_true", help="small counts, a minute or two")
     e.add_argument("--seed", type=int, default=0)
+    pr = bench.add_parser("predictor", help="cost of EGTP + head in prefill and of PLP in decode")
+    pr.add_argument("--model", default="smollm2-135m")
+    pr.add_argument("--json", metavar="OUT")
+    pr.add_argument("--quick", action="store_true")
+    pr.add_argument("--every", type=int, default=16, help="PLP prediction interval k")
     k = bench.add_parser("kernels", help="entropy over the vocabulary: naive vs chunked (CPU), Triton (GPU)")
     k.add_argument("--json", metavar="OUT")
     k.add_argument("--quick", action="store_true")
@@ -73,6 +78,10 @@ def _add_forelen(sub) -> None:
     c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens")
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
+    c.add_argument("--png", metavar="OUT")
+    pl = fl.add_parser("plots", help="length distribution per scenario (PNG)")
+    pl.add_argument("--data", action="append", required=True)
+    pl.add_argument("--png", required=True)
 
 
 def _forelen(args) -> int:
@@ -84,6 +93,12 @@ def _forelen(args) -> int:
         return 0
     from rollout_len.forelen.evaluate import METHODS, evaluate_methods, format_table, plp_curve
 
+    if args.forelen == "plots":
+        from rollout_len.forelen.plots import plot_lengths
+
+        plot_lengths(args.data, args.png)
+        print(f"wrote {args.png}")
+        return 0
     if args.forelen == "eval":
         methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
         results = evaluate_methods(args.data, methods, layer=args.layer)
@@ -94,6 +109,10 @@ def _forelen(args) -> int:
         for t, m in curve.items():
             print(f"t={t:4d}  remaining-length MAE {m['mae']:7.1f}  (n={m['n']})")
         payload = {str(t): m for t, m in curve.items()}
+        if args.png:
+            from rollout_len.forelen.plots import plot_plp_curve
+
+            plot_plp_curve(curve, args.png, title=f"PLP on {args.data}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
@@ -160,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
             from rollout_len.bench.engine import run
 
             run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
+            return 0
+        if args.command == "bench" and args.bench == "predictor":
+            from rollout_len.bench.predictor import run as run_predictor
+
+            run_predictor(model=args.model, json_path=args.json, quick=args.quick, every=args.every)
             return 0
         if args.command == "bench" and args.bench == "kernels":
             from rollout_len.kernels.bench import run as run_kernels

@@ -121,10 +121,10 @@ class DecodeEngine:
         layers = self.base.layers
         self.tap_layer = None if self.config.tap_layer is None else resolve_layer(self.config.tap_layer, len(layers), "tap_layer")
         self._tapped: torch.Tensor | None = None
-        # As in transformers' hidden_states: layer L < num_layers is decoder layer L's output, the
-        # last one is the final-normed state the LM head reads (no hook needed).
-        if self.tap_layer is not None and self.tap_layer < len(layers):
-            layers[self.tap_layer - 1].register_forward_hook(self._tap_hook)
+        # As in transformers' hidden_states: layer L < num_layers is decoder layer L's output (hooked
+        # during our forward only, so engines sharing a model never see each other's hooks); the last
+        # one is the final-normed state the LM head reads.
+        self._hooked_layer = layers[self.tap_layer - 1] if self.tap_layer is not None and self.tap_layer < len(layers) else None
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.context_length = policy.context_length
@@ -232,6 +232,7 @@ class DecodeEngine:
         self._tapped = None
         config = self.policy.model.config
         saved, config._attn_implementation = config._attn_implementation, self._attn_implementation
+        hook = self._hooked_layer.register_forward_hook(self._tap_hook) if self._hooked_layer is not None else None
         try:
             with torch.inference_mode():
                 out = self.base(
@@ -240,6 +241,8 @@ class DecodeEngine:
                 )
         finally:
             config._attn_implementation = saved
+            if hook is not None:
+                hook.remove()
         if self.tap_layer == len(self.base.layers):
             self._tapped = out.last_hidden_state
         return out.last_hidden_state  # (B, T, d), after the final norm

@@ -209,7 +209,7 @@ def tiny_policy(arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,
         initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

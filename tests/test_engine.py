@@ -233,3 +233,15 @@ def test_bad_engine_config():
         EngineConfig(max_batch_size=0)
     with pytest.raises(ValueError, match="tap_layer"):
         DecodeEngine(tiny("llama"), EngineConfig(tap_layer=3))
+
+
+def test_engines_sharing_a_model_leave_no_hooks_behind():
+    policy = tiny("llama")
+    prompt = mixed_prompts(1, seed=9)[0]
+    taps = {}
+    for layer in (1, 2):
+        engine = DecodeEngine(policy, EngineConfig(tap_layer=layer, tap_entropy=True))
+        engine.add(make_samples([prompt], max_new_tokens=2)[0])
+        taps[layer] = engine.step().prefills[0].hidden
+    assert not torch.allclose(taps[1], taps[2])
+    assert all(not layer._forward_hooks for layer in policy.model.get_decoder().layers)

@@ -59,3 +59,19 @@ def test_bad_datasets_are_clear_errors(tmp_path, tiny_rl):
         evaluate_methods([str(tiny_rl)], ["median"])
     with pytest.raises(ValueError, match="unknown scenario"):
         build("chat", tmp_path / "x", model="tiny-llama")
+
+
+def test_cli_eval_curve_and_plots(tiny_rl, tmp_path, capsys):
+    from rollout_len.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "egtp,plp", "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())["rl"]) == {"egtp", "plp"}
+    assert "egtp" in capsys.readouterr().out
+    curve, png = tmp_path / "curve.json", tmp_path / "curve.png"
+    assert main(["forelen", "plp-curve", "--data", str(tiny_rl), "--json", str(curve), "--png", str(png)]) == 0
+    assert "0" in json.loads(curve.read_text()) and png.stat().st_size > 1000
+    lengths_png = tmp_path / "lengths.png"
+    assert main(["forelen", "plots", "--data", str(tiny_rl), "--png", str(lengths_png)]) == 0
+    assert lengths_png.stat().st_size > 1000
+    assert main(["forelen", "eval", "--data", str(tmp_path / "missing")]) == 2

@@ -1,0 +1,104 @@
+"""Predictor cost benchmark: what EGTP + head add to prefill, and what PLP adds to decoding.
+
+    rollout-len bench predictor --json docs/results/predictor-cost.json [--quick]
+
+Head weights do not change the cost, so a freshly initialised head of the right size is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from rollout_len.data import encode_prompt, gsm8k_prompts
+from rollout_len.engine import DecodeEngine, EngineConfig
+from rollout_len.model import load_policy
+from rollout_len.predictor.egtp import pool
+from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+from rollout_len.predictor.plp import PLPTracker
+from rollout_len.sample import Sample, SamplingParams
+
+__all__ = ["run"]
+
+
+def _prefill_time(policy, prompts, taps: bool) -> tuple[float, list]:
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=len(prompts), tap_layer=-1 if taps else None, tap_entropy=taps))
+    for i, ids in enumerate(prompts):
+        engine.add(Sample(f"p{i}", ids, SamplingParams(max_new_tokens=1)))
+    start = time.perf_counter()
+    out = engine.step()
+    return time.perf_counter() - start, out.prefills
+
+
+def _decode(policy, prompts, taps: bool, new_tokens: int, every: int, tracker: PLPTracker | None) -> dict:
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=len(prompts), tap_layer=-1 if taps else None, tap_entropy=taps))
+    for i, ids in enumerate(prompts):
+        engine.add(Sample(f"d{i}", ids, SamplingParams(max_new_tokens=new_tokens, ignore_stop=True), seed=i))
+    first = engine.step()
+    if tracker is not None:
+        for tap in first.prefills:
+            tracker.start(tap.sample_id, pool(tap.hidden, tap.entropy, "egtp"))
+    decode_s = plp_update_s = plp_predict_s = 0.0
+    steps = 0
+    while engine.has_unfinished():
+        t0 = time.perf_counter()
+        out = engine.step()
+        decode_s += time.perf_counter() - t0
+        steps += 1
+        if tracker is not None:
+            nd = out.num_decode_rows
+            t1 = time.perf_counter()
+            tracker.update(out.sample_ids[:nd], out.hidden[:nd], out.entropy[:nd])
+            plp_update_s += time.perf_counter() - t1
+            if steps % every == 0:
+                live = [sid for sid in out.sample_ids[:nd] if sid in tracker]
+                t2 = time.perf_counter()
+                tracker.predict(live, quantiles=(0.5, 0.9))
+                plp_predict_s += time.perf_counter() - t2
+    return {"decode_s": decode_s, "steps": steps, "plp_update_s": plp_update_s, "plp_predict_s": plp_predict_s}
+
+
+def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool = False, every: int = 16) -> dict:
+    policy = load_policy(model)
+    d = policy.hidden_size
+    prompts = [encode_prompt(policy.tokenizer, r["prompt"]) for r in gsm8k_prompts(limit=8 if quick else 16)]
+    head = SoftLabelHead(HeadConfig(in_dim=d), LengthBins.log_spaced(512)).eval()
+    plp_head = SoftLabelHead(HeadConfig(in_dim=2 * d + 1), LengthBins.log_spaced(512)).eval()
+
+    _prefill_time(policy, prompts[:2], taps=False)  # warm-up
+    off, _ = _prefill_time(policy, prompts, taps=False)
+    on, taps = _prefill_time(policy, prompts, taps=True)
+    t0 = time.perf_counter()
+    feats = torch.stack([pool(t.hidden, t.entropy, "egtp") for t in taps])
+    head.predict(feats, quantiles=(0.5, 0.9))
+    pool_head = time.perf_counter() - t0
+    prefill = {"prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "prefill_s": off,
+               "prefill_with_taps_s": on, "egtp_and_head_s": pool_head,
+               "overhead_fraction": (on - off + pool_head) / off}
+
+    new_tokens = 32 if quick else 64
+    plain = _decode(policy, prompts, False, new_tokens, every, None)
+    with_plp = _decode(policy, prompts, True, new_tokens, every, PLPTracker(plp_head, d))
+    plp_s = with_plp["plp_update_s"] + with_plp["plp_predict_s"]
+    decode = {"batch": len(prompts), "new_tokens": new_tokens, "every": every,
+              "decode_s": plain["decode_s"], "decode_with_taps_s": with_plp["decode_s"],
+              "plp_update_s": with_plp["plp_update_s"], "plp_predict_s": with_plp["plp_predict_s"],
+              "taps_fraction": (with_plp["decode_s"] - plain["decode_s"]) / plain["decode_s"],
+              "plp_fraction": plp_s / plain["decode_s"]}
+    result = {"model": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "prefill": prefill, "decode": decode}
+    print(f"prefill of {len(prompts)} prompts ({prefill['prompt_tokens']} tokens): {off:.2f} s; with taps "
+          f"(per-position entropy + layer states) {on:.2f} s; EGTP + head {pool_head * 1e3:.1f} ms; "
+          f"overhead {prefill['overhead_fraction']:.1%}")
+    print(f"decode batch {len(prompts)} x {new_tokens}: {plain['decode_s']:.2f} s; with taps {with_plp['decode_s']:.2f} s "
+          f"({decode['taps_fraction']:+.1%}); PLP update every step + predict every {every}: "
+          f"{plp_s * 1e3:.1f} ms ({decode['plp_fraction']:.2%} of decode)")
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {json_path}")
+    return result

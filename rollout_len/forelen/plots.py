@@ -1,0 +1,41 @@
+"""ForeLen-lite pictures: length distribution per scenario, and the PLP error curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display here
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rollout_len.forelen.evaluate import load_dataset  # noqa: E402
+
+__all__ = ["plot_lengths", "plot_plp_curve"]
+
+
+def plot_lengths(folders: list[str], png: str | Path) -> None:
+    fig, axes = plt.subplots(1, len(folders), figsize=(4.5 * len(folders), 3.4), squeeze=False)
+    for ax, folder in zip(axes[0], folders):
+        card, t = load_dataset(folder)
+        lengths = t["sample/length"].numpy()
+        ax.hist(lengths, bins=40, color="#4C72B0")
+        ax.set_title(f"{card['scenario']} (n={len(lengths)}, capped {card['lengths']['capped_fraction']:.0%})")
+        ax.set_xlabel("response length (tokens)")
+        ax.set_ylabel("samples")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def plot_plp_curve(curve: dict[int, dict], png: str | Path, title: str = "PLP") -> None:
+    steps = sorted(curve)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(steps, [curve[s]["mae"] for s in steps], marker="o")
+    ax.set_xlabel("decoded tokens t")
+    ax.set_ylabel("MAE of remaining length (tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
