@@ -7,7 +7,6 @@ Figures are wall-clock on whatever machine runs it; the JSON records the machine
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -15,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from rollout_len.bench import write_json
 from rollout_len.data import encode_prompt, gsm8k_prompts
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.model import Policy, load_policy
@@ -122,9 +122,5 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
         print(f"  {name:14s} {r['time_s']:7.1f} s  {r['tok_s']:6.1f} useful tok/s  padded fraction {r['padded_fraction']:.3f}")
     print(f"  static / continuous time: {mix['static_over_continuous_time']:.2f}x")
 
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {json_path}")
+    write_json(result, json_path)
     return result

@@ -7,12 +7,12 @@ Head weights do not change the cost, so a freshly initialised head of the right 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import torch
 
+from rollout_len.bench import write_json
 from rollout_len.data import encode_prompt, gsm8k_prompts
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.model import load_policy
@@ -96,9 +96,5 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     print(f"decode batch {len(prompts)} x {new_tokens}: {plain['decode_s']:.2f} s; with taps {with_plp['decode_s']:.2f} s "
           f"({decode['taps_fraction']:+.1%}); PLP update every step + predict every {every}: "
           f"{plp_s * 1e3:.1f} ms ({decode['plp_fraction']:.2%} of decode)")
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {json_path}")
+    write_json(result, json_path)
     return result
