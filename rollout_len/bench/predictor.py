@@ -40,7 +40,7 @@ def _decode(policy, prompts, taps: bool, new_tokens: int, every: int, tracker: P
     first = engine.step()
     if tracker is not None:
         for tap in first.prefills:
-            tracker.start(tap.sample_id, pool(tap.hidden, tap.entropy, "egtp"))
+            tracker.start(tap.sample_id, pool(tap.hidden, tap.entropy, "egtp"), max_new_tokens=new_tokens)
     decode_s = plp_update_s = plp_predict_s = 0.0
     steps = 0
     while engine.has_unfinished():
@@ -66,7 +66,7 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     d = policy.hidden_size
     prompts = [encode_prompt(policy.tokenizer, r["prompt"]) for r in gsm8k_prompts(limit=8 if quick else 16)]
     head = SoftLabelHead(HeadConfig(in_dim=d), LengthBins.log_spaced(512)).eval()
-    plp_head = SoftLabelHead(HeadConfig(in_dim=2 * d + 1), LengthBins.log_spaced(512)).eval()
+    plp_head = SoftLabelHead(HeadConfig(in_dim=2 * d + 2), LengthBins.log_spaced(512)).eval()
 
     _prefill_time(policy, prompts[:2], taps=False)  # warm-up
     off, _ = _prefill_time(policy, prompts, taps=False)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rollout_len.predictor.egtp import POOLINGS
-from rollout_len.predictor.plp import plp_features
+from rollout_len.predictor.plp import clamp_to_budget, plp_features
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
 __all__ = ["load_dataset", "evaluate_methods", "plp_curve", "METHODS"]
@@ -70,20 +70,22 @@ def _prompt_only(card, t, method: str, layer: int, config: FitConfig) -> dict:
     return evaluate(pred, true)
 
 
-def _plp_examples(card, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
     s = t["ckpt/sample"]
     prompt = t[f"prompt/{card['plp_layer']}/egtp"][t["sample/prompt"][s]]
     steps = t["ckpt/t"]
-    x = plp_features(prompt, t["ckpt/pool"].float(), steps)
+    budget_left = card["sampling"]["max_new_tokens"] - steps
+    x = plp_features(prompt, t["ckpt/pool"].float(), steps, budget_left)
     y = (t["sample/length"][s] - steps).float()
-    return x, y, _sample_split(t)[s], steps
+    return x, y, _sample_split(t)[s], steps, budget_left
 
 
 def _plp(card, t, config: FitConfig) -> tuple[dict, dict[int, dict]]:
-    x, y, split, steps = _plp_examples(card, t)
+    x, y, split, steps, budget_left = _plp_examples(card, t)
     head, _, _ = _fit_and_test(x, y, split, config)
     test = split == 2
-    pred = head.predict(x[test])[0]
+    mean, quantiles = head.predict(x[test])
+    pred, _ = clamp_to_budget(mean, quantiles, budget_left[test])
     by_t = {int(step): evaluate(pred[steps[test] == step], y[test][steps[test] == step])
             for step in torch.unique(steps[test]).tolist()}
     return by_t[0], by_t

@@ -95,7 +95,11 @@ class HeadConfig:
 
 
 class SoftLabelHead(nn.Module):
-    """LayerNorm → Linear(d, d/2) → ReLU → Dropout → Linear(d/2, K): a distribution over length bins."""
+    """Standardize → Linear(d, d/2) → LayerNorm → ReLU → Dropout → Linear(d/2, K): a distribution over
+    length bins. Features are standardized with the training set's per-feature mean and std (stored
+    with the head) rather than normalized per row, so small side features (progress, budget) keep
+    their weight next to hundreds of hidden-state dimensions.
+    """
 
     def __init__(self, config: HeadConfig, bins: LengthBins):
         super().__init__()
@@ -104,9 +108,11 @@ class SoftLabelHead(nn.Module):
         self.config, self.bins = config, bins
         hidden = config.hidden_dim or max(config.in_dim // 2, 8)
         self.net = nn.Sequential(
-            nn.LayerNorm(config.in_dim), nn.Linear(config.in_dim, hidden), nn.ReLU(),
+            nn.Linear(config.in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(),
             nn.Dropout(config.dropout), nn.Linear(hidden, bins.num_bins),
         )
+        self.register_buffer("feature_mean", torch.zeros(config.in_dim))
+        self.register_buffer("feature_std", torch.ones(config.in_dim))
         self.register_buffer("centers", bins.centers, persistent=False)
         self.scale = float(self.centers[-1])
 
@@ -117,10 +123,17 @@ class SoftLabelHead(nn.Module):
             bad = torch.nonzero(~torch.isfinite(features).all(1))[:5, 0].tolist()
             raise ValueError(f"features contain NaN/inf (rows {bad})")
 
+    def set_standardization(self, features: torch.Tensor) -> None:
+        """Use the per-feature mean and std of these (training) features from now on."""
+        self._check(features)
+        self.feature_mean.copy_(features.float().mean(0))
+        self.feature_std.copy_(features.float().std(0).nan_to_num(1.0).clamp_min(1e-6))
+
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Bin log-probs (N, K) and the expected length ŷ (N,)."""
         self._check(features)
-        logp = torch.log_softmax(self.net(features.float()), dim=-1)
+        x = (features.float() - self.feature_mean) / self.feature_std
+        logp = torch.log_softmax(self.net(x), dim=-1)
         return logp, logp.exp() @ self.centers
 
     def loss(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -2,15 +2,16 @@
 
 At decode step t (t tokens generated) the feature is
 
-    z_t = [ h_prompt ; pool_t ; log(t + 1) ]          (2d + 1,)
+    z_t = [ h_prompt ; pool_t ; log(t + 1) ; log(b + 1) ]      (2d + 2,),  b = max_new_tokens - t
 
 with h_prompt the EGTP feature of the prompt and pool_t the entropy-softmax pool of the generated
 tokens' hidden states, kept online (running max / sum-exp / weighted sum: O(d) per step, old states
-never re-read). A SoftLabelHead over remaining-length bins maps z_t to a distribution. At t = 0 the
-pool is zero and PLP is a prompt-only predictor, so one head serves admission and re-estimation.
+never re-read). A SoftLabelHead over remaining-length bins maps z_t to a distribution, capped at b.
+At t = 0 the pool is zero and PLP is a prompt-only predictor, so one head serves admission and
+re-estimation.
 
     tracker = PLPTracker(predictor)
-    tracker.start("s0", prompt_feature)                       # after prefill
+    tracker.start("s0", prompt_feature, max_new_tokens=512)   # after prefill
     tracker.update(step.sample_ids, step.hidden, step.entropy)  # every decode step
     mean, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))   # every k steps
 """
@@ -22,27 +23,36 @@ import torch
 from rollout_len.kernels import OnlinePoolState, online_pool_update
 from rollout_len.predictor.head import SoftLabelHead
 
-__all__ = ["plp_features", "PLPTracker", "checkpoint_steps"]
+__all__ = ["plp_features", "clamp_to_budget", "PLPTracker", "checkpoint_steps"]
 
 
-def plp_features(prompt_feature: torch.Tensor, generated_pool: torch.Tensor, tokens_done: torch.Tensor) -> torch.Tensor:
-    """z_t = [h_prompt, pool_t, log(t+1)].  (B, d), (B, d), (B,) -> (B, 2d + 1)"""
-    progress = torch.log1p(tokens_done.float())[:, None]
-    return torch.cat([prompt_feature.float(), generated_pool.float(), progress], dim=1)
+def plp_features(prompt_feature: torch.Tensor, generated_pool: torch.Tensor, tokens_done: torch.Tensor,
+                 budget_left: torch.Tensor) -> torch.Tensor:
+    """z_t = [h_prompt, pool_t, log(t+1), log(b+1)] with b = max_new_tokens - t, the tokens still
+    allowed (the remaining length can never exceed it).  (B, d), (B, d), (B,), (B,) -> (B, 2d + 2)"""
+    side = torch.stack([torch.log1p(tokens_done.float()), torch.log1p(budget_left.float())], dim=1)
+    return torch.cat([prompt_feature.float(), generated_pool.float(), side], dim=1)
+
+
+def clamp_to_budget(mean: torch.Tensor, quantiles: torch.Tensor, budget_left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample cannot run past its budget: cap predictions at the tokens still allowed."""
+    b = budget_left.float()
+    return torch.minimum(mean, b), torch.minimum(quantiles, b[:, None])
 
 
 class PLPTracker:
     """Per-sample PLP state for the samples an engine is decoding; predicts remaining lengths."""
 
     def __init__(self, head: SoftLabelHead, dim: int):
-        if head.config.in_dim != 2 * dim + 1:
-            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {dim} needs {2 * dim + 1}")
+        if head.config.in_dim != 2 * dim + 2:
+            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {dim} needs {2 * dim + 2}")
         self.head, self.dim = head, dim
         self._rows: dict[str, int] = {}
         self._free: list[int] = []
         self._pool = OnlinePoolState.init(0, dim)
         self._prompt = torch.zeros(0, dim)
         self._tokens = torch.zeros(0, dtype=torch.long)
+        self._budget = torch.zeros(0, dtype=torch.long)  # max_new_tokens per row
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self._rows
@@ -55,10 +65,13 @@ class PLPTracker:
         self._pool = pool
         self._prompt = torch.cat([self._prompt, torch.zeros(new - old, self.dim)])
         self._tokens = torch.cat([self._tokens, torch.zeros(new - old, dtype=torch.long)])
+        self._budget = torch.cat([self._budget, torch.zeros(new - old, dtype=torch.long)])
         self._free += list(range(new - 1, old - 1, -1))
 
-    def start(self, sample_id: str, prompt_feature: torch.Tensor, state: dict | None = None) -> None:
+    def start(self, sample_id: str, prompt_feature: torch.Tensor, max_new_tokens: int, state: dict | None = None) -> None:
         """Track a sample from its prompt feature (d,); `state` resumes one exported by `export`."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if sample_id in self._rows:
             raise ValueError(f"sample {sample_id!r} is already tracked")
         if prompt_feature.shape != (self.dim,):
@@ -70,6 +83,7 @@ class PLPTracker:
         self._prompt[row] = prompt_feature.float()
         self._pool.reset(torch.tensor([row]))
         self._tokens[row] = 0
+        self._budget[row] = max_new_tokens
         if state is not None:
             self._pool.m[row], self._pool.s[row] = state["m"], state["s"]
             self._pool.acc[row] = state["acc"]
@@ -92,15 +106,17 @@ class PLPTracker:
         if missing:
             raise KeyError(f"samples not tracked: {missing[:5]}")
         rows = torch.tensor([self._rows[sid] for sid in sample_ids], dtype=torch.long)
-        z = plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows])
-        return self.head.predict(z, quantiles)
+        budget_left = (self._budget[rows] - self._tokens[rows]).clamp_min(0)
+        z = plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows], budget_left)
+        return clamp_to_budget(*self.head.predict(z, quantiles), budget_left)
 
     def export(self, sample_id: str) -> dict:
         """Remove a sample and return its pooling state (migrates with the sample)."""
         row = self._rows.pop(sample_id)
         self._free.append(row)
         return {"m": float(self._pool.m[row]), "s": float(self._pool.s[row]), "acc": self._pool.acc[row].clone(),
-                "tokens": int(self._tokens[row]), "prompt": self._prompt[row].clone()}
+                "tokens": int(self._tokens[row]), "prompt": self._prompt[row].clone(),
+                "max_new_tokens": int(self._budget[row])}
 
     def drop(self, sample_id: str) -> None:
         self.export(sample_id)

@@ -80,6 +80,7 @@ def fit_head(
         HeadConfig(in_dim=x_train.shape[1], hidden_dim=config.hidden_dim, dropout=config.dropout, lam=config.lam),
         make_bins(y_train, config),
     )
+    head.set_standardization(x_train)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best, best_state, stale = float("inf"), copy.deepcopy(head.state_dict()), 0
     for _ in range(config.epochs):

@@ -10,7 +10,7 @@ D = 6
 
 def _tracker():
     torch.manual_seed(0)
-    head = SoftLabelHead(HeadConfig(in_dim=2 * D + 1, dropout=0.0), LengthBins.log_spaced(512, 8))
+    head = SoftLabelHead(HeadConfig(in_dim=2 * D + 2, dropout=0.0), LengthBins.log_spaced(512, 8))
     return PLPTracker(head, D)
 
 
@@ -18,7 +18,7 @@ def test_online_pool_equals_egtp_over_the_generated_tokens():
     tracker = _tracker()
     prompts = torch.randn(3, D)
     for i in range(3):
-        tracker.start(f"s{i}", prompts[i])
+        tracker.start(f"s{i}", prompts[i], max_new_tokens=512)
     seen = {f"s{i}": ([], []) for i in range(3)}
     for step in range(12):
         ids = ["s0", "s1", "s2"] if step % 3 else ["s2", "s0"]  # rows arrive in any order, some skip
@@ -32,38 +32,49 @@ def test_online_pool_equals_egtp_over_the_generated_tokens():
         sid = f"s{i}"
         h, e = torch.stack(seen[sid][0]), torch.stack(seen[sid][1])
         assert tracker.tokens_done(sid) == len(e)
-        z = plp_features(prompts[i][None], pool(h, e, "egtp")[None], torch.tensor([len(e)]))
+        z = plp_features(prompts[i][None], pool(h, e, "egtp")[None], torch.tensor([len(e)]), torch.tensor([512 - len(e)]))
         torch.testing.assert_close(mean[i], tracker.head.predict(z)[0][0], atol=1e-4, rtol=1e-4)
 
 
 def test_export_and_resume_give_the_same_prediction():
     tracker, other = _tracker(), _tracker()
     other.head.load_state_dict(tracker.head.state_dict())
-    tracker.start("a", torch.randn(D))
+    tracker.start("a", torch.randn(D), max_new_tokens=512)
     for _ in range(5):
         tracker.update(["a"], torch.randn(1, D), torch.rand(1))
     before, _ = tracker.predict(["a"])
     state = tracker.export("a")
-    other.start("a", state["prompt"], state=state)
+    other.start("a", state["prompt"], state["max_new_tokens"], state=state)
     torch.testing.assert_close(other.predict(["a"])[0], before)
     assert "a" not in tracker and other.tokens_done("a") == 5
+
+
+def test_predictions_never_exceed_the_budget_left():
+    tracker = _tracker()
+    tracker.start("a", torch.randn(D), max_new_tokens=10)
+    for _ in range(7):
+        tracker.update(["a"], torch.randn(1, D), torch.rand(1))
+    mean, q = tracker.predict(["a"], quantiles=(0.5, 0.99))
+    assert mean.item() <= 3 and q.max().item() <= 3
 
 
 def test_many_samples_grow_the_state():
     tracker = _tracker()
     for i in range(20):
-        tracker.start(f"s{i}", torch.randn(D))
+        tracker.start(f"s{i}", torch.randn(D), max_new_tokens=64)
     tracker.drop("s3")
-    tracker.start("s3", torch.randn(D))
+    tracker.start("s3", torch.randn(D), max_new_tokens=64)
     assert tracker.predict([f"s{i}" for i in range(20)])[0].shape == (20,)
 
 
 def test_bad_input():
     tracker = _tracker()
-    with pytest.raises(ValueError, match=r"needs 9"):
+    with pytest.raises(ValueError, match=r"needs 10"):
         PLPTracker(tracker.head, 4)
     with pytest.raises(ValueError, match=r"prompt_feature must be \(6,\)"):
-        tracker.start("x", torch.zeros(5))
+        tracker.start("x", torch.zeros(5), max_new_tokens=8)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        tracker.start("x", torch.zeros(6), max_new_tokens=0)
     with pytest.raises(KeyError, match="not tracked"):
         tracker.predict(["nobody"])
     with pytest.raises(ValueError, match="k .* >= 1"):
