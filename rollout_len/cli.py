@@ -112,7 +112,7 @@ def _forelen(args) -> int:
         if args.png:
             from rollout_len.forelen.plots import plot_plp_curve
 
-            plot_plp_curve(curve, args.png, title=f"PLP on {args.data}")
+            plot_plp_curve(curve, args.png, title=f"PLP: remaining-length error ({Path(args.data).name})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
