@@ -24,8 +24,7 @@ import torch
 
 from rollout_len.kernels import linear_entropy
 from rollout_len.kv_cache import SLOT_ATTENTION, SlotKVCache
-from rollout_len.model import Policy
-from rollout_len.predictor.features import resolve_layer
+from rollout_len.model import Policy, resolve_layer
 from rollout_len.sample import Sample, SampleStatus
 from rollout_len.sampling import sample_next, token_entropy
 

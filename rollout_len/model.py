@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Policy", "load_policy", "tiny_policy", "embedded_gguf_path", "EMBEDDED_MODELS", "TINY_MODELS"]
+__all__ = ["Policy", "load_policy", "tiny_policy", "resolve_layer", "embedded_gguf_path", "EMBEDDED_MODELS", "TINY_MODELS"]
 
 # name -> (python package that ships the file, file name inside it, pip requirement)
 EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -53,6 +53,13 @@ class Policy:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+
+def resolve_layer(layer: int, num_layers: int, name: str = "layer") -> int:
+    """Index into transformers' hidden_states, 1..num_layers; negative counts from the end."""
+    if not isinstance(layer, int) or layer == 0 or not (-num_layers <= layer <= num_layers):
+        raise ValueError(f"{name} must be in 1..{num_layers} or -{num_layers}..-1, got {layer!r}")
+    return layer if layer > 0 else num_layers + 1 + layer
 
 
 def _cache_root() -> Path:

@@ -25,9 +25,9 @@ from rollout_len.data import encode_prompt, read_prompts_jsonl
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.forelen.scenarios import SCENARIOS, scenario_prompts
 from rollout_len.kernels import OnlinePoolState, online_pool_update
-from rollout_len.model import load_policy
+from rollout_len.model import load_policy, resolve_layer
 from rollout_len.predictor.egtp import POOLINGS
-from rollout_len.predictor.features import prompt_features, resolve_layer
+from rollout_len.predictor.features import prompt_features
 from rollout_len.sample import Sample, SamplingParams
 
 __all__ = ["build", "SPLITS"]

@@ -12,17 +12,10 @@ from __future__ import annotations
 import torch
 
 from rollout_len.kernels import linear_entropy
-from rollout_len.model import Policy
+from rollout_len.model import Policy, resolve_layer
 from rollout_len.predictor.egtp import pool
 
-__all__ = ["prompt_features", "resolve_layer"]
-
-
-def resolve_layer(layer: int, num_layers: int, name: str = "layer") -> int:
-    """Index into transformers' hidden_states, 1..num_layers; negative counts from the end."""
-    if not isinstance(layer, int) or layer == 0 or not (-num_layers <= layer <= num_layers):
-        raise ValueError(f"{name} must be in 1..{num_layers} or -{num_layers}..-1, got {layer!r}")
-    return layer if layer > 0 else num_layers + 1 + layer
+__all__ = ["prompt_features"]
 
 
 @torch.inference_mode()
