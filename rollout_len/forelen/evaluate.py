@@ -3,7 +3,7 @@
     rollout-len forelen eval --data data/forelen/rl --data data/forelen/reasoning --methods all --json out.json
     rollout-len forelen plp-curve --data data/forelen/rl --json curve.json --png curve.png
 
-Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the prompt's states at one layer)
+`constant` predicts the train median for every sample. Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the prompt's states at one layer)
 fit a SoftLabelHead on the train prompts' samples, pick the epoch on val, and report test metrics.
 `plp` fits one head on PLP checkpoints (t = 0, k, 2k, ...) to the remaining length; its table row is
 at t = 0 (prompt only); the curve gives MAE by t.
@@ -22,7 +22,7 @@ from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
 __all__ = ["load_dataset", "evaluate_methods", "plp_curve", "METHODS"]
 
-METHODS = (*POOLINGS, "plp")
+METHODS = ("constant", *POOLINGS, "plp")  # constant: the train median, the floor to beat
 _REQUIRED = ("sample/prompt", "sample/length", "sample/capped", "prompt/split", "ckpt/sample", "ckpt/t", "ckpt/pool")
 
 
@@ -70,6 +70,11 @@ def _prompt_only(card, t, method: str, layer: int, config: FitConfig) -> dict:
     return evaluate(pred, true)
 
 
+def _constant(t) -> dict:
+    split, y = _sample_split(t), t["sample/length"].float()
+    return evaluate(torch.full_like(y[split == 2], float(y[split == 0].median())), y[split == 2])
+
+
 def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
     s = t["ckpt/sample"]
     prompt = t[f"prompt/{card['plp_layer']}/egtp"][t["sample/prompt"][s]]
@@ -106,6 +111,8 @@ def evaluate_methods(folders: list[str], methods: list[str], layer: int | None =
         for method in methods:
             if method == "plp":
                 scenario["plp"], _ = _plp(card, t, config)
+            elif method == "constant":
+                scenario["constant"] = _constant(t)
             else:
                 scenario[method] = _prompt_only(card, t, method, chosen, config)
         results[card["scenario"]] = scenario
