@@ -5,8 +5,12 @@
     rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
     rollout-len bench engine --json docs/results/engine.json [--quick]
     rollout-len bench kernels --json docs/results/kernels.json [--quick]
+    rollout-len bench rollout --policies fcfs,length_aware,oracle --workers 2 --prompts 16 --n 8 --json OUT [--quick]
+    rollout-len bench sim --workers 64 --json OUT
+    rollout-len bench calibrate --yaml OUT
     rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
     rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
+    rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
 """
 
 from __future__ import annotations
@@ -52,6 +56,39 @@ def _add_bench(sub) -> None:
     pr.add_argument("--json", metavar="OUT")
     pr.add_argument("--quick", action="store_true")
     pr.add_argument("--every", type=int, default=16, help="PLP prediction interval k")
+    r = bench.add_parser("rollout", help="scheduling policies on real Ray workers decoding the model")
+    r.add_argument("--policies", default="fcfs,static_padded,bucketed_padded,length_aware,oracle",
+                   help="comma list of policies (fcfs first; oracle uses its lengths)")
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--prompts", type=int, default=16)
+    r.add_argument("--n", type=int, default=8, help="samples per prompt")
+    r.add_argument("--slots", type=int, default=8, help="decode slots per worker (queues form beyond them)")
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--every", type=int, default=16, help="PLP interval k (decode steps per chunk)")
+    r.add_argument("--warmup-steps", type=int, default=2, help="length_aware steps on other prompts first (fit the head)")
+    r.add_argument("--predictions", default="model", choices=["model", "noise"], help="noise: the do-no-harm check")
+    r.add_argument("--model", default="smollm2-135m")
+    r.add_argument("--json", metavar="OUT")
+    r.add_argument("--png", metavar="OUT", help="Gantt timeline per policy")
+    r.add_argument("--quick", action="store_true", help="8 prompts x 4, 128 tokens, 1 warm-up step")
+    r.add_argument("--seed", type=int, default=0)
+    sm = bench.add_parser("sim", help="scheduling policies on simulated workers (cost model + length trace)")
+    sm.add_argument("--workers", type=int, default=64)
+    sm.add_argument("--slots", default="4,16", help="comma list of slots per worker (one regime each)")
+    sm.add_argument("--waves", type=int, default=4, help="samples per step = waves x workers x slots")
+    sm.add_argument("--n", type=int, default=8)
+    sm.add_argument("--trace", default="docs/results/traces/forelen-rl.json")
+    sm.add_argument("--profile", help="cost-model YAML (default: the measured CPU profile)")
+    sm.add_argument("--sigma", type=float, default=0.5, help="log-normal noise of the simulated predictor")
+    sm.add_argument("--every", type=int, default=16)
+    sm.add_argument("--json", metavar="OUT")
+    sm.add_argument("--png", metavar="OUT")
+    sm.add_argument("--seed", type=int, default=0)
+    ca = bench.add_parser("calibrate", help="fit the cost model to measured DecodeEngine steps")
+    ca.add_argument("--model", default="smollm2-135m")
+    ca.add_argument("--threads", type=int, default=1)
+    ca.add_argument("--yaml", metavar="OUT", required=True)
+    ca.add_argument("--json", metavar="OUT", help="the measurements")
     k = bench.add_parser("kernels", help="entropy over the vocabulary: naive vs chunked (CPU), Triton (GPU)")
     k.add_argument("--json", metavar="OUT")
     k.add_argument("--quick", action="store_true")
@@ -72,13 +109,20 @@ def _add_forelen(sub) -> None:
     b.add_argument("--max-batch-size", type=int, default=32)
     e = fl.add_parser("eval", help="MAE table of the predictors on built datasets")
     e.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
-    e.add_argument("--methods", default="all", help="comma list of egtp,mean,max,last,plp or 'all'")
+    e.add_argument("--methods", default="all", help="comma list of constant,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
+                   "s3,ltr_c,trail,pia,tpv,history,siblings, or 'all'")
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
+    e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
     e.add_argument("--json", metavar="OUT")
     c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens")
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
     c.add_argument("--png", metavar="OUT")
+    a = fl.add_parser("attribution", help="per-token importance ||dL/dh_t|| against token entropy (Pearson r, scatter)")
+    a.add_argument("--data", required=True)
+    a.add_argument("--layer", type=int, help="decoder layer of h_t, below the last (default: half depth)")
+    a.add_argument("--json", metavar="OUT")
+    a.add_argument("--png", metavar="OUT")
     pl = fl.add_parser("plots", help="length distribution per scenario (PNG)")
     pl.add_argument("--data", action="append", required=True)
     pl.add_argument("--png", required=True)
@@ -99,9 +143,21 @@ def _forelen(args) -> int:
         plot_lengths(args.data, args.png)
         print(f"wrote {args.png}")
         return 0
-    if args.forelen == "eval":
+    if args.forelen == "attribution":
+        from rollout_len.forelen.attribution import attribution
+
+        result = attribution(args.data, layer=args.layer)
+        print(f"{result['scenario']}: {result['tokens']} tokens of {result['prompts']} test prompts, h_t at layer "
+              f"{result['layer']}: Pearson r(importance, entropy) = {result['pearson_r']:.3f} "
+              f"(mean per prompt {result['mean_prompt_r']:.3f}; the reference paper reports 0.451)")
+        if args.png:
+            from rollout_len.forelen.plots import plot_attribution
+
+            plot_attribution(result, args.png)
+        payload = {k: v for k, v in result.items() if k not in ("importance", "entropy")}
+    elif args.forelen == "eval":
         methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-        results = evaluate_methods(args.data, methods, layer=args.layer)
+        results = evaluate_methods(args.data, methods, layer=args.layer, encoder=args.encoder)
         print(format_table(results))
         payload = {sc: {k: v for k, v in rows.items() if not k.startswith("_")} for sc, rows in results.items()}
     else:
@@ -163,6 +219,23 @@ def _generate(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    import torch
+
+    from rollout_len.bench import write_json
+    from rollout_len.model import load_policy
+    from rollout_len.rollout.costmodel import calibrate
+
+    torch.set_num_threads(args.threads)
+    model, measurements = calibrate(load_policy(args.model), name=f"{args.model}-{args.threads}thread")
+    print(model)
+    print(f"mean relative error of the fit: {measurements['mean_relative_error']:.1%}")
+    model.to_yaml(args.yaml, f"measured by `rollout-len bench calibrate --model {args.model} --threads {args.threads}`")
+    print(f"wrote {args.yaml}")
+    write_json(measurements, args.json)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollout-len", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +258,22 @@ def main(argv: list[str] | None = None) -> int:
 
             run_predictor(model=args.model, json_path=args.json, quick=args.quick, every=args.every)
             return 0
+        if args.command == "bench" and args.bench == "rollout":
+            from rollout_len.bench.rollout import run as run_rollout
+
+            run_rollout(tuple(p for p in args.policies.split(",") if p), args.workers, args.prompts, args.n, args.slots,
+                        args.max_new_tokens, args.every, args.warmup_steps, args.model, args.predictions, args.quick,
+                        args.json, args.png, args.seed)
+            return 0
+        if args.command == "bench" and args.bench == "sim":
+            from rollout_len.bench.sim import run as run_sim
+
+            slots = tuple(int(x) for x in args.slots.split(",") if x)
+            run_sim(args.workers, slots, args.waves, args.n, args.trace, args.profile, every=args.every, sigma=args.sigma,
+                    json_path=args.json, png=args.png, seed=args.seed)
+            return 0
+        if args.command == "bench" and args.bench == "calibrate":
+            return _calibrate(args)
         if args.command == "bench" and args.bench == "kernels":
             from rollout_len.kernels.bench import run as run_kernels
 

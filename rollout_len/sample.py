@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -97,6 +97,10 @@ class Sample:
     @property
     def finish_reason(self) -> str | None:
         return FINISH_REASONS.get(self.status)
+
+    def copy(self) -> "Sample":
+        """An independent copy (token lists copied), e.g. to hand to a worker in the same process."""
+        return replace(self, output_ids=list(self.output_ids), logprobs=list(self.logprobs))
 
     def make_generator(self) -> torch.Generator:
         """The sample's RNG, restored from its exported state or fresh from (seed, sample id)."""

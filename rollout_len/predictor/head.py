@@ -164,6 +164,17 @@ class SoftLabelHead(nn.Module):
             out[:, col] = edges[j] + frac * (edges[j + 1] - edges[j])
         return expected, out
 
+    def to_state(self) -> dict:
+        """Everything needed to rebuild the head elsewhere (e.g. sent to a rollout worker)."""
+        return {"config": asdict(self.config), "edges": list(self.bins.edges),
+                "tensors": {k: v.detach().clone() for k, v in self.state_dict().items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SoftLabelHead":
+        head = cls(HeadConfig(**state["config"]), LengthBins(tuple(state["edges"])))
+        head.load_state_dict(state["tensors"])
+        return head.eval()
+
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file
 

@@ -43,16 +43,21 @@ def clamp_to_budget(mean: torch.Tensor, quantiles: torch.Tensor, budget_left: to
 class PLPTracker:
     """Per-sample PLP state for the samples an engine is decoding; predicts remaining lengths."""
 
-    def __init__(self, head: SoftLabelHead, dim: int):
-        if head.config.in_dim != 2 * dim + 2:
-            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {dim} needs {2 * dim + 2}")
-        self.head, self.dim = head, dim
+    def __init__(self, head: SoftLabelHead | None, dim: int):
+        self.dim = dim
+        self.set_head(head)
         self._rows: dict[str, int] = {}
         self._free: list[int] = []
         self._pool = OnlinePoolState.init(0, dim)
         self._prompt = torch.zeros(0, dim)
         self._tokens = torch.zeros(0, dtype=torch.long)
         self._budget = torch.zeros(0, dtype=torch.long)  # max_new_tokens per row
+
+    def set_head(self, head: SoftLabelHead | None) -> None:
+        """Swap the head (None: track features only, e.g. before a first fit)."""
+        if head is not None and head.config.in_dim != 2 * self.dim + 2:
+            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {self.dim} needs {2 * self.dim + 2}")
+        self.head = head
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self._rows
@@ -68,8 +73,10 @@ class PLPTracker:
         self._budget = torch.cat([self._budget, torch.zeros(new - old, dtype=torch.long)])
         self._free += list(range(new - 1, old - 1, -1))
 
-    def start(self, sample_id: str, prompt_feature: torch.Tensor, max_new_tokens: int, state: dict | None = None) -> None:
-        """Track a sample from its prompt feature (d,); `state` resumes one exported by `export`."""
+    def start(self, sample_id: str, prompt_feature: torch.Tensor, max_new_tokens: int, state: dict | None = None,
+              tokens_done: int = 0) -> None:
+        """Track a sample from its prompt feature (d,); `state` resumes one exported by `export`;
+        without it the pool starts empty at `tokens_done` tokens (e.g. the token sampled at prefill)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if sample_id in self._rows:
@@ -82,7 +89,7 @@ class PLPTracker:
         self._rows[sample_id] = row
         self._prompt[row] = prompt_feature.float()
         self._pool.reset(torch.tensor([row]))
-        self._tokens[row] = 0
+        self._tokens[row] = tokens_done
         self._budget[row] = max_new_tokens
         if state is not None:
             self._pool.m[row], self._pool.s[row] = state["m"], state["s"]
@@ -99,15 +106,21 @@ class PLPTracker:
         online_pool_update(self._pool, hidden[index].float().cpu(), entropy[index].float().cpu(), rows)
         self._tokens[rows] += 1
 
-    @torch.no_grad()
-    def predict(self, sample_ids: list[str], quantiles: tuple[float, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted remaining length (R,) and its quantiles (R, Q)."""
+    def features(self, sample_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """PLP features z_t (R, 2d + 2) of the listed samples now, and their budgets left (R,)."""
         missing = [sid for sid in sample_ids if sid not in self._rows]
         if missing:
             raise KeyError(f"samples not tracked: {missing[:5]}")
         rows = torch.tensor([self._rows[sid] for sid in sample_ids], dtype=torch.long)
         budget_left = (self._budget[rows] - self._tokens[rows]).clamp_min(0)
-        z = plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows], budget_left)
+        return plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows], budget_left), budget_left
+
+    @torch.no_grad()
+    def predict(self, sample_ids: list[str], quantiles: tuple[float, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted remaining length (R,) and its quantiles (R, Q)."""
+        if self.head is None:
+            raise RuntimeError("PLPTracker has no head yet (set_head)")
+        z, budget_left = self.features(sample_ids)
         return clamp_to_budget(*self.head.predict(z, quantiles), budget_left)
 
     def export(self, sample_id: str) -> dict:

@@ -1,0 +1,197 @@
+"""Discrete-event simulator: the same manager, policies and step loop as the live rollout, with
+workers whose time comes from a CostModel and whose lengths come from a trace.
+
+    groups, cap = load_trace("docs/results/traces/forelen-rl.json")   # groups of response lengths
+    result = simulate("length_aware", groups, num_workers=64, slots=16, cost=CostModel.from_yaml(...))
+
+Predictions inside the simulator are synthetic and say so: `lognormal` multiplies the true
+remaining length by exp(sigma * N(0, 1)) (prompt-level: the group's mean length); `oracle` gives
+the truth; `noise` ignores it. The live rollout uses the real PLP head instead.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rollout_len.rollout.costmodel import CostModel
+from rollout_len.rollout.driver import WorkerDied, drive
+from rollout_len.rollout.manager import BucketManager, PredictionQuality
+from rollout_len.rollout.messages import Admission, Orders, Progress, Report
+from rollout_len.rollout.policies import make_policy
+from rollout_len.rollout.timeline import Timeline
+from rollout_len.sample import Sample, SampleStatus, SamplingParams
+
+__all__ = ["load_trace", "SimWorker", "SimCluster", "SimResult", "simulate", "lower_bound_s"]
+
+
+def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
+    """(groups of response lengths, max_new_tokens or None) from JSON {"groups": [[len, ...], ...],
+    "max_new_tokens": ...} or JSONL with one {"lengths": [...]} per line. Negative, missing or
+    non-integer lengths are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trace file {path} does not exist")
+    text = path.read_text()
+    max_new_tokens = None
+    try:
+        if path.suffix == ".jsonl":
+            groups = [json.loads(line)["lengths"] for line in text.splitlines() if line.strip()]
+        else:
+            data = json.loads(text)
+            groups, max_new_tokens = data["groups"], data.get("max_new_tokens")
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a length trace ({err!r}); expected {{\"groups\": [[...], ...]}} or JSONL of {{\"lengths\": [...]}}") from err
+    if not groups:
+        raise ValueError(f"{path}: the trace has no groups")
+    for i, g in enumerate(groups):
+        if not isinstance(g, list) or not g:
+            raise ValueError(f"{path}: group {i} has no lengths")
+        bad = [x for x in g if not isinstance(x, int) or isinstance(x, bool) or x < 1]
+        if bad:
+            raise ValueError(f"{path}: group {i} has invalid lengths {bad[:5]} (each must be an integer >= 1)")
+    return groups, max_new_tokens
+
+
+def lower_bound_s(lengths: list[int], num_workers: int, slots: int, cost: CostModel, prompt_tokens: int) -> float:
+    """Physical limit: max(longest sample alone at batch 1, all tokens at full-batch throughput)."""
+    longest = max(lengths) * cost.step_time(1, prompt_tokens + max(lengths) // 2)
+    mean_ctx = prompt_tokens + float(np.mean(lengths)) / 2
+    throughput = num_workers * slots / cost.step_time(slots, int(slots * mean_ctx))
+    return max(longest, sum(lengths) / throughput)
+
+
+class SimWorker:
+    """A worker that spends cost-model time instead of running a model."""
+
+    def __init__(self, worker_id: int, cost: CostModel, true_lengths: dict[str, int], group_means: dict[str, float],
+                 sigma: float = 0.5, seed: int = 0):
+        self.worker_id, self.cost, self.true, self.group_means, self.sigma = worker_id, cost, true_lengths, group_means, sigma
+        self.rng = np.random.default_rng(seed + 7919 * worker_id)
+        self.running: dict[str, Sample] = {}
+        self.padding: set[str] = set()  # static batches: finished rows still computed
+
+    def _noisy(self, value: float) -> float:
+        return float(value * np.exp(self.sigma * self.rng.standard_normal()))
+
+    def run(self, orders: Orders) -> tuple[Report, float]:
+        report = Report(self.worker_id)
+        duration = 0.0
+        for sid in orders.export:
+            sample = self.running.pop(sid)
+            sample.status = SampleStatus.MIGRATING
+            report.exported.append(Admission(sample))
+        for group, ids, _ in orders.score:
+            duration += self.cost.prefill_time(len(ids))
+            report.scores[group] = (None, self._noisy(self.group_means[group]))
+        for adm in orders.admit:
+            sample = adm.sample
+            duration += self.cost.prefill_time(sample.num_tokens)
+            self.running[sample.sample_id] = sample
+        steps = 0
+        progress_from = {sid: s.num_output for sid, s in self.running.items()}
+        while steps < orders.max_steps and self.running:
+            live = [s for sid, s in self.running.items() if sid not in self.padding]
+            left = min(self.true[s.sample_id] - s.num_output for s in live)
+            n = max(1, min(orders.max_steps - steps, left))
+            batch = len(self.running)
+            ctx0 = sum(s.num_tokens for s in self.running.values())
+            duration += n * self.cost.step_time(batch, 0) + self.cost.per_context_token_s * (n * ctx0 + len(live) * n * (n - 1) / 2)
+            report.batch_sizes += [batch] * n
+            report.decode_tokens += n * len(live)
+            report.padded_tokens += n * len(self.padding)
+            steps += n
+            freed = False
+            for s in live:
+                s.output_ids.extend([0] * n)
+                s.logprobs.extend([0.0] * n)
+                if s.num_output >= self.true[s.sample_id]:
+                    s.status = SampleStatus.FINISHED_LENGTH if s.num_output >= s.params.max_new_tokens else SampleStatus.FINISHED_STOPPED
+                    if orders.static_batches:
+                        self.padding.add(s.sample_id)
+                    else:
+                        report.finished.append(self.running.pop(s.sample_id))
+                        freed = True
+            if orders.static_batches and self.padding and len(self.padding) == len(self.running):
+                report.finished += list(self.running.values())
+                self.running.clear(), self.padding.clear()
+                freed = True
+            if freed and orders.return_on_free_slot:
+                break
+        for sid, s in self.running.items():
+            if sid in self.padding:
+                continue
+            start = progress_from.get(sid, s.num_output)
+            report.progress[sid] = Progress(s.output_ids[start:], s.logprobs[start:], None,
+                                            predicted_remaining=self._noisy(self.true[sid] - s.num_output))
+        report.steps, report.busy_s = steps, duration
+        return report, duration
+
+
+class SimCluster:
+    """Simulated time: a chunk submitted at `now` completes at now + its cost-model duration."""
+
+    def __init__(self, workers: list[SimWorker], deaths: dict[int, float] | None = None):
+        self.workers = workers
+        self.deaths = dict(deaths or {})  # worker id -> time it dies
+        self._now = 0.0
+        self._events: list = []
+        self._seq = 0
+
+    def now(self) -> float:
+        return self._now
+
+    def submit(self, worker_id: int, orders: Orders) -> None:
+        report, duration = self.workers[worker_id].run(orders)
+        end = self._now + duration
+        death = self.deaths.get(worker_id)
+        result = report if death is None or end < death else WorkerDied(f"worker {worker_id} died at {death:.1f} s")
+        if isinstance(result, WorkerDied):
+            end = max(death, self._now)
+        heapq.heappush(self._events, (end, self._seq, worker_id, result, self._now))
+        self._seq += 1
+
+    def wait_any(self):
+        end, _, worker_id, result, sent = heapq.heappop(self._events)
+        self._now = end
+        return worker_id, result, sent, end
+
+
+@dataclass
+class SimResult:
+    policy: str
+    step_time_s: float
+    padded_fraction: float
+    migrations: int
+    idle_fraction: float
+    timeline: Timeline
+    policy_s: float
+
+
+def simulate(policy: str, groups: list[list[int]], num_workers: int, slots: int, cost: CostModel,
+             max_new_tokens: int | None = None, prompt_tokens: int = 128, every: int = 16,
+             predictions: str = "model", sigma: float = 0.5, quality: PredictionQuality | None = None,
+             deaths: dict[int, float] | None = None, seed: int = 0) -> SimResult:
+    """One GRPO step of len(groups) prompts x len(group) samples on simulated workers."""
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    cap = max_new_tokens or max(max(g) for g in groups)
+    samples, true, means = [], {}, {}
+    for p, group in enumerate(groups):
+        gid = f"g{p}"
+        means[gid] = float(np.mean(group))
+        for j, length in enumerate(group):
+            sid = f"g{p}-{j}"
+            true[sid] = min(length, cap)
+            samples.append(Sample(sid, [0] * prompt_tokens, SamplingParams(max_new_tokens=cap), seed=seed, group_id=gid))
+    manager = BucketManager(make_policy(policy), num_workers, slots, cost, quality=quality, predictions=predictions,
+                            true_lengths=true, seed=seed)
+    manager.submit(samples)
+    workers = [SimWorker(w, cost, true, means, sigma, seed) for w in range(num_workers)]
+    timeline = drive(manager, SimCluster(workers, deaths), every)
+    return SimResult(policy, timeline.end_s, manager.padded_fraction(), len(manager.migration_log),
+                     timeline.idle_fraction(), timeline, manager.policy_s)
