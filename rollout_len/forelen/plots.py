@@ -1,4 +1,4 @@
-"""ForeLen-lite pictures: length distribution per scenario, and the PLP error curve."""
+"""ForeLen-lite pictures: length distribution per scenario, the PLP error curve, token importance vs entropy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rollout_len.forelen.evaluate import load_dataset  # noqa: E402
 
-__all__ = ["plot_lengths", "plot_plp_curve"]
+__all__ = ["plot_lengths", "plot_plp_curve", "plot_attribution"]
 
 
 def plot_lengths(folders: list[str], png: str | Path) -> None:
@@ -35,6 +35,20 @@ def plot_plp_curve(curve: dict[int, dict], png: str | Path, title: str = "PLP") 
     ax.set_xlabel("decoded tokens t")
     ax.set_ylabel("MAE of remaining length (tokens)")
     ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def plot_attribution(result: dict, png: str | Path) -> None:
+    """Scatter of token importance ||dL/dh_t|| (log scale) against token entropy, from `attribution`."""
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    ax.scatter(result["entropy"], result["importance"], s=6, alpha=0.4, color="#4C72B0")
+    ax.set_yscale("log")
+    ax.set_xlabel("next-token entropy H_t (nats)")
+    ax.set_ylabel(f"importance ||dL/dh_t|| (layer {result['layer']})")
+    ax.set_title(f"{result['scenario']}: Pearson r = {result['pearson_r']:.3f} ({result['tokens']} tokens)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=120)

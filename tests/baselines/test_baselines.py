@@ -1,0 +1,148 @@
+import pytest
+import torch
+
+from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
+from rollout_len.baselines.base import TEST, TRAIN
+from rollout_len.baselines.pia import parse_stated_length
+from rollout_len.baselines.proxy import list_mle
+from rollout_len.baselines.trail import shift_down
+from rollout_len.forelen.evaluate import format_table
+
+
+def _run(name, data):
+    return evaluate_baseline(BASELINES[name](), data)
+
+
+# The bin classifiers overfit the embedding's noise coordinates more than the regressors do.
+@pytest.mark.parametrize("name, ratio", [("ssjf_reg", 0.3), ("ssjf_mc", 0.6), ("s3", 0.6), ("ltr_c", 0.3)])
+def test_proxy_heads_learn_the_prompt_signal(synthetic, name, ratio):
+    data = synthetic()
+    constant, result = _run("constant", data), _run(name, data)
+    assert result["n"] == len(data.samples(TEST))
+    assert result["mae"] < ratio * constant["mae"]
+    assert result["kendall_tau"] > 0.6
+
+
+def test_trail_picks_the_informative_layer_and_refines(synthetic):
+    data = synthetic()
+    constant, trail = _run("constant", data), _run("trail", data)
+    assert trail["selected"]["layer"] == 1  # layer 2 holds only noise
+    assert trail["selected"]["refine"] in ("bayes", "latest")
+    assert trail["mae"] < 0.5 * constant["mae"]
+    assert trail["checkpoints"]["mae"] < 0.6 * constant["checkpoints"]["mae"]
+    assert set(trail["by_t"]) == set(data.ckpt_t[data.checkpoints(TEST)].tolist())
+
+
+def test_tpv_reads_progress_and_falls_back_at_t0(synthetic):
+    data = synthetic()
+    constant, tpv = _run("constant", data), _run("tpv", data)
+    assert tpv["mae"] == pytest.approx(constant["mae"])  # t = 0: nothing generated, the train median
+    later = [t for t in tpv["by_t"] if t >= 64]
+    for t in later:
+        assert tpv["by_t"][t]["mae"] < 0.3 * constant["by_t"][t]["mae"]
+
+
+def _hand_data(lengths, prompts, split, every=10, budget=100):
+    sample_prompt = torch.tensor(prompts)
+    lengths = torch.tensor(lengths)
+    ckpt = [(s, t) for s, length in enumerate(lengths.tolist()) for t in range(0, length, every)]
+    tensors = {"sample/prompt": sample_prompt, "sample/length": lengths, "prompt/split": torch.tensor(split),
+               "ckpt/sample": torch.tensor([s for s, _ in ckpt]), "ckpt/t": torch.tensor([t for _, t in ckpt]),
+               "ckpt/pool": torch.zeros(len(ckpt), 4)}
+    card = {"scenario": "hand", "model": "none", "layers": [1], "plp_layer": 1,
+            "sampling": {"n": int(torch.bincount(sample_prompt).max()), "max_new_tokens": budget}}
+    return ForeLenData(card, tensors)
+
+
+def test_constant_history_and_siblings_by_hand():
+    # prompt 0 (train): 10, 30, 50; prompt 1 (val): 40, 40, 40; prompt 2 (test): 5, 25, 90
+    data = _hand_data([10, 30, 50, 40, 40, 40, 5, 25, 90], [0, 0, 0, 1, 1, 1, 2, 2, 2], [TRAIN, 1, TEST])
+    constant = BASELINES["constant"]()
+    constant.fit(data)
+    assert constant.predict(data, TEST).tolist() == [30.0] * 3
+    idx = data.checkpoints(TEST)
+    steps = data.ckpt_t[idx]
+    left = constant.predict_remaining(data, TEST)
+    # Train samples running at t = 20: 30 and 50 -> remaining 10 and 30, median (lower) 10.
+    assert left[steps == 20].tolist() == [10.0, 10.0]
+    # t = 60 is past every train sample: median 30 - 60 < 1 -> 1.
+    assert left[steps == 60].tolist() == [1.0]
+
+    history = BASELINES["history"]()
+    history.fit(data)
+    assert history.predict(data, TEST).tolist() == [57.5, 47.5, 15.0]
+
+    siblings = BASELINES["siblings"]()
+    siblings.fit(data)
+    assert siblings.predict(data, TEST).tolist() == [30.0] * 3
+    pred = siblings.predict_remaining(data, TEST)
+    samples = data.ckpt_sample[idx]
+    # Sample 6 (length 5) finishes first: from t = 10 on, samples 7 and 8 have a finished sibling whose
+    # length (5) is below t, so the estimate of their remaining length collapses to 1 token.
+    some_finished = steps >= 10
+    assert pred[some_finished].tolist() == [1.0] * int(some_finished.sum())
+    # Until then nothing has finished: the constant's remaining length.
+    assert pred[~some_finished].tolist() == left[~some_finished].tolist() == [30.0] * 3
+    assert samples[~some_finished].tolist() == [6, 7, 8]
+
+
+def test_rl_native_methods_need_groups(synthetic, tiny_rl):
+    data = synthetic(n=1)
+    for name in ("history", "siblings"):
+        assert "n=1" in _run(name, data)["skipped"]
+    results = {"synthetic": {"_card": {"lengths": {"mean": 1.0, "capped_fraction": 0.0}}, "_layer": 2,
+                             "constant": _run("constant", data), "history": _run("history", data)}}
+    table = format_table(results)
+    assert "history   n/a: history needs several samples per prompt" in table
+    assert "remaining-length MAE" in table
+
+
+def test_shift_down_moves_mass_toward_shorter_remaining():
+    probs = torch.tensor([0.0, 0.2, 0.3, 0.5])
+    centers = torch.tensor([5.0, 15.0, 25.0, 35.0])  # width 10
+    moved = shift_down(probs, 4, 10.0)
+    assert moved.sum().item() == pytest.approx(1.0)
+    assert (moved @ centers).item() == pytest.approx((probs @ centers).item() - 4)
+    far = shift_down(probs, 25, 10.0)  # more than two whole bins
+    assert far.sum().item() == pytest.approx(1.0) and far[0] > 0.5
+
+
+def test_list_mle_prefers_the_true_order():
+    lengths = torch.tensor([10.0, 200.0, 50.0, 120.0])
+    right = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    assert list_mle(right, lengths) < list_mle(-right, lengths)
+    scores = torch.zeros(4, requires_grad=True)
+    list_mle(scores, lengths).backward()
+    assert scores.grad[1] < 0 < scores.grad[0]  # descending the loss raises the longest, lowers the shortest
+
+
+def test_pia_parses_and_calibrates(synthetic, monkeypatch):
+    assert parse_stated_length("About 1,200 words.") == 1200.0
+    assert parse_stated_length("12.5") == 12.5
+    assert parse_stated_length("no idea") is None
+    data = synthetic()
+    data.policy = None
+    mean = torch.zeros(len(data.prompt_split)).index_add_(0, data.sample_prompt, data.lengths) / 4
+    test_prompts = torch.unique(data.sample_prompt[data.samples(TEST)]).tolist()
+    # The "policy" states half its mean length in words, except for two test prompts and every tenth
+    # prompt, whose answers hold no number.
+    silent = set(test_prompts[:2]) | set(range(0, len(mean), 10))
+    answers = [f"Roughly {int(m / 2)} words." if p not in silent else "I cannot say." for p, m in enumerate(mean.tolist())]
+    monkeypatch.setattr("rollout_len.baselines.pia.ask_for_length", lambda policy, prompts: answers)
+    result = _run("pia", data)
+    assert result["selected"]["scale"] == "train median ratio"
+    assert result["selected"]["tokens_per_stated"] == pytest.approx(2.0, rel=0.05)
+    assert result["selected"]["parsed_fraction_test"] == sum(p not in silent for p in test_prompts) / len(test_prompts)
+    assert result["mae"] < 0.5 * _run("constant", data)["mae"]
+
+
+def test_bad_prompts_file_is_a_clear_error(tiny_rl, tmp_path):
+    for name in ("card.json", "data.safetensors"):
+        (tmp_path / name).write_bytes((tiny_rl / name).read_bytes())
+    lines = (tiny_rl / "prompts.jsonl").read_text().splitlines()
+    (tmp_path / "prompts.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match="has 7 prompts, data.safetensors has 8"):
+        ForeLenData.load(tmp_path).prompts
+    (tmp_path / "prompts.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="prompts.jsonl is missing"):
+        ForeLenData.load(tmp_path).prompts
