@@ -1,0 +1,108 @@
+"""The `length_aware` rollout backend for verl: what `actor_rollout_ref.rollout.name=length_aware` selects.
+
+verl resolves a rollout backend by name in two registries, filled in every verl process by the
+`verl.plugins` entry point (`rollout_len.verl.plugin`, which imports this module):
+
+- `verl.workers.rollout.base._ROLLOUT_REGISTRY`: the object each hybrid actor worker keeps as
+  `self.rollout`. verl's weight sync (`ActorRolloutRefWorker.update_weights`, backend "naive")
+  feeds it the trainer's weights after every actor update. `WeightReceiver` forwards them to the
+  Coordinator that LengthAwareRollout started.
+- `verl.workers.rollout.replica.RolloutReplicaRegistry`: the server replicas verl would launch
+  (vLLM, SGLang). Generation runs in the Coordinator instead, so `LengthAwareReplica` launches
+  nothing, and no vLLM server takes GPU memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import ray
+import torch
+from verl.workers.rollout import base as verl_rollout_base
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutReplicaRegistry
+
+__all__ = [
+    "ROLLOUT_NAME",
+    "COORDINATOR_ACTOR_NAME",
+    "WeightReceiver",
+    "LengthAwareReplica",
+    "register",
+    "is_registered",
+]
+
+ROLLOUT_NAME = "length_aware"
+COORDINATOR_ACTOR_NAME = "rollout_len_coordinator"  # the Ray actor LengthAwareRollout.create starts
+
+
+def coordinator_actor():
+    """The running Coordinator actor, or a ValueError that says which config line starts it."""
+    try:
+        return ray.get_actor(COORDINATOR_ACTOR_NAME)
+    except ValueError:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} needs LengthAwareRollout to generate, and it is not "
+            "running: add +actor_rollout_ref.rollout.agent.agent_loop_manager_class="
+            "rollout_len.verl.LengthAwareRollout (and trainer.use_v1=false)"
+        ) from None
+
+
+class WeightReceiver(BaseRollout):
+    """verl's per-worker rollout object for `length_aware`: receives the trainer's weights.
+
+    Every rank iterates the weights (verl's FSDP engine gathers each full tensor collectively);
+    rank 0 keeps a CPU copy and sends the whole state dict to the Coordinator.
+    """
+
+    async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", **kwargs) -> None:
+        if wire_format != "named_tensors":
+            raise ValueError(
+                f"LengthAwareRollout takes full weights, got wire format {wire_format!r}: set "
+                "actor_rollout_ref.rollout.checkpoint_engine.backend=naive"
+            )
+        if kwargs.get("peft_config") is not None:
+            raise ValueError(
+                "LengthAwareRollout loads full weights, not LoRA adapters: set actor_rollout_ref.model.lora.merge=true"
+            )
+        leader = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        state_dict = {}
+        for name, tensor in weights:
+            if leader:
+                state_dict[name] = tensor.detach().to("cpu", copy=True)
+        if leader:
+            await coordinator_actor().update_weights.remote(state_dict)
+
+    async def resume(self, tags: list[str]) -> None:
+        """Nothing to restore: the Coordinator's workers keep their weights and KV cache."""
+
+    async def release(self) -> None:
+        """Nothing to free here: this object holds no weights or KV cache."""
+
+
+class LengthAwareReplica(RolloutReplica):
+    """verl's server replica for `length_aware`: a placeholder, since the Coordinator generates."""
+
+    async def launch_servers(self) -> None:
+        if self.rollout_mode != RolloutMode.HYBRID:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} runs with the hybrid engine only: set "
+                "actor_rollout_ref.hybrid_engine=true"
+            )
+        # verl's router keys replicas by address; there is no server behind it.
+        self._server_address = f"{ROLLOUT_NAME}-replica-{self.replica_rank}"
+
+
+def register() -> None:
+    verl_rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.{WeightReceiver.__name__}"
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: LengthAwareReplica)
+
+
+def is_registered() -> bool:
+    in_rollouts = (ROLLOUT_NAME, "async") in verl_rollout_base._ROLLOUT_REGISTRY
+    return in_rollouts and ROLLOUT_NAME in RolloutReplicaRegistry._registry
+
+
+# Registered on import, whichever imports this module first: verl's plugin loader (through
+# rollout_len.verl.plugin) or rollout_len.verl. When rollout_len.verl comes first, its `import verl`
+# runs the plugin loader while this module is still half-imported; registering here covers both.
+register()
