@@ -45,7 +45,8 @@ def run(workers: int = 64, slots: tuple[int, ...] = (4, 16), waves: int = 4, n: 
     cost = CostModel.from_yaml(profile or DEFAULT_COST_PROFILE)
     rng = np.random.default_rng(seed)
     result = {"workers": workers, "n": n, "trace": trace, "cost_model": cost.name, "sigma": sigma, "regimes": {}}
-    runs = [(p, "model") for p in policies] + [("length_aware", "noise")]
+    # Extra rows: the do-no-harm check (a predictor that knows nothing) and bucketing fed true lengths.
+    runs = [(p, "model") for p in policies] + [("length_aware", "noise"), ("bucketed_padded", "oracle")]
     timelines = {}
     for s in slots:
         count = max(1, (waves * workers * s) // n)  # `waves` slot-fulls of samples per step
@@ -57,7 +58,7 @@ def run(workers: int = 64, slots: tuple[int, ...] = (4, 16), waves: int = 4, n: 
         print(f"\n[sim] {workers} workers x {s} slots, {count} prompts x {n} = {len(lengths)} samples "
               f"(mean {np.mean(lengths):.0f}, max {max(lengths)} tokens), cost model {cost.name}")
         for policy, source in runs:
-            name = policy if source == "model" else f"{policy}+noise"
+            name = policy if source == "model" else f"{policy}+{source}"
             quality = PredictionQuality()
             simulate(policy, warm, workers, s, cost, cap, prompt_tokens, every, source, sigma, quality, seed=seed + 1)
             start = time.perf_counter()
@@ -66,7 +67,8 @@ def run(workers: int = 64, slots: tuple[int, ...] = (4, 16), waves: int = 4, n: 
                 "step_time_s": r.step_time_s, "padded_fraction": r.padded_fraction, "migrations": r.migrations,
                 "idle_fraction": r.idle_fraction, "policy_s": r.policy_s, "sim_wall_s": time.perf_counter() - start,
             }
-            timelines[f"{name} ({s} slots)"] = r.timeline
+            if name in ("fcfs", "length_aware", "oracle"):
+                timelines[f"{name} ({s} slots)"] = r.timeline
         base = regime["policies"]["fcfs"]["step_time_s"]
         oracle = regime["policies"].get("oracle", {}).get("step_time_s")
         print(f"{'policy':<20}{'step s':>9}{'vs fcfs':>9}{'vs oracle':>10}{'vs bound':>9}{'padded':>8}{'migr':>6}{'idle':>7}")
@@ -84,7 +86,7 @@ def run(workers: int = 64, slots: tuple[int, ...] = (4, 16), waves: int = 4, n: 
     if png:
         from rollout_len.rollout.timeline import plot_timelines
 
-        plot_timelines(timelines, png, max_workers=16)
+        plot_timelines(timelines, png, max_workers=8)
         print(f"wrote {png}")
     write_json(result, json_path)
     return result

@@ -99,7 +99,8 @@ class BucketedPadded(Policy):
             return []
         if not m.trusted("admission"):
             return list(islice(m.pool, w.slots))
-        return longest_first(m, m.pool)[: w.slots]
+        # A padded batch runs to its longest: take neighbours in predicted length (finer than buckets).
+        return sorted(m.pool, key=m.predicted_remaining, reverse=True)[: w.slots]
 
 
 @register_policy("length_aware")
