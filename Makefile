@@ -7,8 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.install.stamp
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+GRPO_ARGS ?=
 
-.PHONY: install test rollout-demo bench-engine clean
+.PHONY: install test grpo-demo rollout-demo bench-engine clean
 
 install: $(STAMP)
 
@@ -25,7 +26,12 @@ $(STAMP): pyproject.toml Makefile
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The main job until the GRPO demo lands: sampled rollouts of SmolLM2-135M on GSM8K prompts.
+# The main job: GRPO on GSM8K with length-aware rollouts on CPU, side by side with length-blind ones
+# (recipes/grpo_demo/; flags: GRPO_ARGS="--steps 5 --out runs/grpo", every YAML key is a flag).
+grpo-demo: install
+	$(PY) recipes/grpo_demo/grpo_demo.py --config recipes/grpo_demo/grpo_demo.yaml $(GRPO_ARGS)
+
+# Sampled rollouts of SmolLM2-135M on GSM8K prompts, without training.
 rollout-demo: install
 	$(VENV)/bin/rollout-len generate --model smollm2-135m --gsm8k 4 --n 4 --temperature 1.0 \
 		--max-new-tokens 96 --seed 0 $(DEMO_ARGS)

@@ -1,0 +1,181 @@
+"""The GRPO demo recipe (recipes/grpo_demo/) on the tiny random model: one real step each."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from tensordict import TensorDict
+from verl import DataProto
+
+from rollout_len.model import tiny_policy
+from wandb_offline import history
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "grpo_demo" / "grpo_demo.py"
+TINY = ["--model", "tiny-llama", "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "4",
+        "--max-new-tokens", "6", "--num-workers", "2", "--slots-per-worker", "2", "--every", "2", "--train-layers", "1",
+        "--overlong-buffer", "2"]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("grpo_demo", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+grpo_demo = load_recipe()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+class TokenSumRewardDemo(grpo_demo.GRPODemo):
+    """A random-weight model never answers GSM8K, and with every response at the budget every overlong
+    penalty is the same: all rewards equal, all advantages 0. This reward from the response's token ids
+    differs within a group."""
+
+    def rewards(self, data):
+        verl_scores, details = super().rewards(data)
+        assert verl_scores.sum(dim=1).tolist() == [-1.0] * len(data)  # the GSM8K checker's 0 plus the full penalty
+        mask = data.batch["response_mask"]
+        scores = torch.zeros_like(mask, dtype=torch.float32)
+        for row, length in enumerate(mask.sum(dim=1).tolist()):
+            scores[row, length - 1] = (sum(data.batch["responses"][row, :length].tolist()) % 97) / 97
+        return scores, details
+
+
+def test_flags_override_the_yaml_and_bad_values_name_the_key():
+    cfg = grpo_demo.load_config(["--max-new-tokens", "70", "--no-use-ray", "--out", "none", "--lr", "0.5"])
+    assert cfg["max_new_tokens"] == 70 and cfg["use_ray"] is False and cfg["out"] is None and cfg["lr"] == 0.5
+    assert cfg["model"] == "smollm2-135m" and cfg["samples_per_prompt"] == 4  # the rest from the YAML
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        grpo_demo.load_config(["--samples-per-prompt", "1"])
+    with pytest.raises(ValueError, match="train_layers"):
+        grpo_demo.load_config(["--train-layers", "-1"])
+    with pytest.raises(ValueError, match="overlong_buffer"):
+        grpo_demo.load_config(["--max-new-tokens", "32"])  # the YAML's buffer of 64 does not fit
+
+
+def test_reward_is_verls_gsm8k_checker_plus_the_overlong_penalty():
+    cfg = grpo_demo.load_config(["--max-new-tokens", "40", "--overlong-buffer", "20", "--overlong-penalty", "1.0",
+                                 "--reward-method", "flexible", "--format-score", "0.0"])
+    manager = grpo_demo.gsm8k_reward_manager(cfg, tiny_policy("llama").tokenizer)
+    texts = ["So 9 * 2 = 18", "So it is 17", "x" * 30 + " 18", "y" * 40]  # one byte token per character
+    expected = [1.0, 0.0, 1.0 - (33 - 20) / 20, 0.0 - (40 - 20) / 20]  # right, wrong, right but long, no answer at the budget
+    rows, prompt_length = len(texts), 3
+    responses = torch.zeros(rows, 40, dtype=torch.int64)
+    response_mask = torch.zeros(rows, 40, dtype=torch.int64)
+    for row, text in enumerate(texts):
+        responses[row, : len(text)] = torch.tensor(list(text.encode()))
+        response_mask[row, : len(text)] = 1
+    data = DataProto(
+        batch=TensorDict({"prompts": torch.ones(rows, prompt_length, dtype=torch.int64), "responses": responses,
+                          "response_mask": response_mask,
+                          "attention_mask": torch.cat([torch.ones(rows, prompt_length, dtype=torch.int64), response_mask], 1)},
+                         batch_size=rows),
+        non_tensor_batch={"data_source": np.array(["openai/gsm8k"] * rows, dtype=object),
+                          "reward_model": np.array([{"ground_truth": "18"}] * rows, dtype=object)},
+    )
+    scores, details = grpo_demo.score_batch(manager, data)
+    assert scores.sum(dim=1).tolist() == pytest.approx(expected)
+    for row, text in enumerate(texts):  # on the last response token only, as verl places it
+        assert scores[row, len(text) - 1] == pytest.approx(expected[row])
+        assert scores[row].abs().sum() == pytest.approx(abs(expected[row]))
+        assert details[row]["response"] == text
+    assert [d["acc"] for d in details] == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
+    cfg = grpo_demo.load_config(TINY + ["--lr", "1e-3", "--no-use-ray", "--out", "none",
+                                        "--wandb-mode", "disabled"])
+    demo = TokenSumRewardDemo(cfg)
+    demo.setup()
+    try:
+        assert demo.start_logit_diff == 0.0  # the workers start from the trainer's weights
+        trained = {name: p.detach().clone() for name, p in demo.model.named_parameters() if p.requires_grad}
+        frozen = {name: p.detach().clone() for name, p in demo.model.named_parameters() if not p.requires_grad}
+        assert trained and frozen and all(name.startswith(("model.layers.1.", "model.norm.")) for name in trained)
+
+        result = demo.train_step(0)
+        m = result["metrics"]
+        assert m["critic/advantages/max"] > 0 > m["critic/advantages/min"]
+        # The trainer's log-probs of the sampled tokens equal the sampler's: the rollout ran the trainer's weights.
+        assert m["training/rollout_probs_diff_max"] < 1e-4
+        params = dict(demo.model.named_parameters())
+        assert all(not torch.equal(params[name], before) for name, before in trained.items())
+        assert all(torch.equal(params[name], before) for name, before in frozen.items())
+        assert m["actor/param_update_norm"] > 0
+
+        # After the sync, each worker's logits on a prompt are the trainer's, and differ from the old model's.
+        prompt = [ord(c) for c in "What is 12*7?"]
+        trainer = grpo_demo.last_token_logits(demo.model, prompt)
+        workers = ray.get(demo.actor.worker_logits.remote(prompt))
+        assert len(workers) == 2
+        for logits in workers:
+            torch.testing.assert_close(logits.float(), trainer, rtol=0, atol=1e-5)
+        old = grpo_demo.last_token_logits(tiny_policy("llama").model, prompt)
+        assert (trainer - old).abs().max() > 1e-4
+        assert m["rollout_len/sync_max_logit_diff"] <= 1e-5
+
+        # Both rollouts ran on the same prompts with the same seed: same responses, token for token.
+        assert m["rollout_len/same_responses_fraction"] == 1.0
+        assert set(result["timelines"]) == {"length_aware", "fcfs"}
+    finally:
+        demo.cleanup()
+
+
+STEP_KEYS = {"step_time_s", "rollout_time_s", "fcfs_rollout_time_s", "saving", "reward_mean", "predictor_mae"}
+WANDB_KEYS = {
+    "timing_s/gen", "timing_s/gen_fcfs", "timing_s/reward", "timing_s/adv", "timing_s/update_actor",
+    "timing_s/update_weights", "timing_s/step", "response_length/mean", "response_length/max",
+    "response_length/min", "response_length/clip_ratio", "critic/score/mean", "critic/advantages/mean",
+    "rollout_len/step_time_s", "rollout_len/saving_vs_fcfs", "rollout_len/predictor_mae",
+    "rollout_len/padding_fraction", "rollout_len/migrations", "rollout_len/worker_idle_fraction",
+    "timing_s/rollout_len/generate_s", "rollout_len/timeline/path",
+}
+
+
+def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    summary = grpo_demo.main(TINY + ["--out", str(out)])  # Ray rollout workers, wandb offline: the defaults
+
+    printed = capsys.readouterr().out
+    assert "fcfs rollout s" in printed and "median rollout saving vs fcfs" in printed
+    written = json.loads((out / "summary.json").read_text())
+    (step,) = written["steps"]
+    assert STEP_KEYS <= set(step)
+    assert step["rollout_time_s"] > 0 and step["fcfs_rollout_time_s"] > 0
+    assert step["saving"] == pytest.approx(1 - step["rollout_time_s"] / step["fcfs_rollout_time_s"])
+    assert step["step_time_s"] > step["rollout_time_s"]
+    assert step["reward_mean"] == -1.0  # verl's GSM8K checker 0, the full overlong penalty: every response at the budget
+    assert step["predictor_mae"] is None  # no predictor before the first re-fit
+    for png in ("step_time_saving.png", "timeline_step0.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    run_dir = Path(summary["wandb_run_dir"])
+    assert run_dir.parent == out / "wandb" and run_dir.name.startswith("offline-run-")
+    assert str(run_dir) in printed
+    (row,) = history(run_dir)
+    assert WANDB_KEYS <= set(row)
+    assert row["timing_s/gen"] == pytest.approx(step["rollout_time_s"])
+    assert row["timing_s/gen_fcfs"] == pytest.approx(step["fcfs_rollout_time_s"])
+    assert row["timing_s/step"] == pytest.approx(step["step_time_s"])
+    assert row["rollout_len/saving_vs_fcfs"] == pytest.approx(step["saving"])
+    assert row["critic/score/mean"] == pytest.approx(step["reward_mean"])
+    assert row["response_length/max"] <= 6 and row["response_length/min"] >= 1
+    assert math.isnan(row["rollout_len/predictor_mae"])
+    assert row["rollout_len/timeline/_type"] == "image-file"  # wandb.Image, stored with the run
+    assert (run_dir / "files" / row["rollout_len/timeline/path"]).read_bytes()[:4] == b"\x89PNG"
