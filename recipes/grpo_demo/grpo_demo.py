@@ -17,17 +17,19 @@ Every key of the YAML is also a flag (`max_new_tokens` -> `--max-new-tokens`). O
   adv            verl's GRPO outcome advantage (core_algos.compute_grpo_outcome_advantage)
   update_actor   one AdamW step on verl's PPO clipped policy loss (core_algos.compute_policy_loss_vanilla),
                  one forward/backward per prompt group. The last `train_layers` decoder layers and
-                 the final norm are trained (0: every weight, full fine-tuning); with one update per
+                 the final norm are trained, embeddings and LM head frozen (0: every weight, full
+                 fine-tuning); with one update per
                  batch the old log-probs are the current ones, so the PPO ratio is 1 (as in verl
                  with ppo_epochs=1 and one mini-batch)
   update_weights the trainer's weights to every rollout worker, then a check that a worker's logits
                  on a prompt match the trainer's
 
 Timings follow verl's names (timing_s/gen, ..., timing_s/step = the step without gen_fcfs). The
-rollout times compared are driver wall times of the two rollouts, each with its tokenization and
-packing; the length-aware one also pays the predictor's re-fit. Writes `out/summary.json`, PNG
-charts (`step_time_saving.png`, `timeline_step<k>.png`) and a wandb run (offline unless
-WANDB_MODE says otherwise) under `out/wandb`.
+rollout times compared (timing_s/gen = rollout_len/step_time_s, timing_s/gen_fcfs) are driver wall
+times of the two rollouts, each with its tokenization and packing; the length-aware one also pays
+the predictor's re-fit. Writes `out/summary.json`, PNG charts (`step_time_saving.png`,
+`timeline_step<k>.png`), the responses with their rewards (`responses.jsonl`) and a wandb run
+(offline unless WANDB_MODE says otherwise) under `out/wandb`.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ grpo_demo = load_recipe()
 
 @pytest.fixture(scope="module")
 def ray_session():
+    ray.shutdown()  # a Ray left by another module may have too few CPUs: Coordinator + 2 workers need 3
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
