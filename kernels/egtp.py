@@ -121,9 +121,9 @@ def _egtp_pool_kernel(
         ok = idx < end
         ent = tl.load(e_ptr + idx, mask=ok, other=0.0).to(tl.float32)
         w = tl.where(ok, tl.exp(ent - m), 0.0)  # (BN,)
-        h = tl.load(
-            h_ptr + idx[:, None] * stride_h + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0
-        ).to(tl.float32)  # (BN, BD)
+        h = tl.load(h_ptr + idx[:, None] * stride_h + cols[None, :], mask=ok[:, None] & col_ok[None, :], other=0.0).to(
+            tl.float32
+        )  # (BN, BD)
         acc += tl.sum(w[:, None] * h, axis=0)
         den += w
     tl.store(out_ptr + b * stride_o + cols, acc / tl.sum(den, axis=0), mask=col_ok)

@@ -1,4 +1,7 @@
-"""Next-token entropy (and optionally token log-probs) straight from hidden states.
+"""Next-token entropy (and optionally token log-probs) straight from hidden states, or from logits.
+
+    linear_entropy(hidden, weight, bias)   # (T, d), (V, d), (V,) -> (T,): the logits never materialized
+    logits_entropy(logits)                 # (..., V) -> (...): logits already at hand (a decode step)
 
     z_t  = (h_t W^T + b) / temperature                      # logits of row t, (V,)
     p_t  = softmax(z_t)
@@ -32,10 +35,10 @@ from typing import Any
 
 import torch
 
-from rollout_len.kernels._checks import check_impl, check_tensor, check_temperature
+from rollout_len.kernels._checks import check_impl, check_temperature, check_tensor
 from rollout_len.kernels._triton import cdiv, check_triton_inputs, interpret_mode, lazy_jit, use_triton
 
-__all__ = ["linear_entropy"]
+__all__ = ["linear_entropy", "logits_entropy"]
 
 _IMPLS = ("auto", "naive", "chunked", "triton")
 _OP = "linear_entropy"
@@ -80,13 +83,10 @@ def linear_entropy(
     if token_ids is not None:
         check_tensor(_OP, "token_ids", token_ids, 1, floating=False)
         if token_ids.shape[0] != hidden.shape[0]:
-            raise ValueError(
-                f"{_OP}: token_ids must be (T,) = ({hidden.shape[0]},), got {tuple(token_ids.shape)}"
-            )
+            raise ValueError(f"{_OP}: token_ids must be (T,) = ({hidden.shape[0]},), got {tuple(token_ids.shape)}")
         if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab):
             raise ValueError(
-                f"{_OP}: token_ids must lie in [0, {vocab}), got range "
-                f"[{int(token_ids.min())}, {int(token_ids.max())}]"
+                f"{_OP}: token_ids must lie in [0, {vocab}), got range [{int(token_ids.min())}, {int(token_ids.max())}]"
             )
     for name, value in (("chunk_rows", chunk_rows), ("chunk_vocab", chunk_vocab)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -109,6 +109,19 @@ def linear_entropy(
 # ---------------------------------------------------------------------------------------------- naive
 
 
+def logits_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H = -sum_v p_v log p_v of p = softmax(logits) along the last dim, in float32.  (..., V) -> (...)
+
+    The definition itself (log_softmax, then the sum), as `linear_entropy(impl="naive")` computes it;
+    for callers that hold the logits anyway, such as the decode step that samples from them."""
+    return _entropy_of_logp(torch.log_softmax(logits.float(), dim=-1))
+
+
+def _entropy_of_logp(logp: torch.Tensor) -> torch.Tensor:
+    """-sum_v exp(logp_v) logp_v along the last dim.  (..., V) -> (...)"""
+    return -(logp.exp() * logp).sum(-1)
+
+
 def _linear_entropy_naive(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -121,7 +134,7 @@ def _linear_entropy_naive(
         hidden.float(), weight.float(), None if bias is None else bias.float()
     )  # (T, V)
     logp = torch.log_softmax(logits / temperature, dim=-1)  # (T, V)
-    entropy = -(logp.exp() * logp).sum(-1)  # (T,)
+    entropy = _entropy_of_logp(logp)  # (T,)
     logprob = None if token_ids is None else logp.gather(1, token_ids.long()[:, None])[:, 0]  # (T,)
     return entropy, logprob
 

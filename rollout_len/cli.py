@@ -1,16 +1,16 @@
 """The `rollout-len` command line.
 
-    rollout-len generate --model smollm2-135m --prompt "What is 12*7?" --max-new-tokens 32
-    rollout-len generate --prompts prompts.jsonl --n 4 --temperature 1.0 --json out.json
-    rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
-    rollout-len bench engine --json docs/results/engine.json [--quick]
-    rollout-len bench kernels --json docs/results/kernels.json [--quick]
-    rollout-len bench rollout --policies fcfs,length_aware,oracle --workers 2 --prompts 16 --n 8 --json OUT [--quick]
-    rollout-len bench sim --workers 64 --json OUT
-    rollout-len bench calibrate --yaml OUT
-    rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
-    rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
-    rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
+rollout-len generate --model smollm2-135m --prompt "What is 12*7?" --max-new-tokens 32
+rollout-len generate --prompts prompts.jsonl --n 4 --temperature 1.0 --json out.json
+rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
+rollout-len bench engine --json docs/results/engine.json [--quick]
+rollout-len bench kernels --json docs/results/kernels.json [--quick]
+rollout-len bench rollout --policies fcfs,length_aware,oracle --workers 2 --prompts 16 --n 8 --json OUT [--quick]
+rollout-len bench sim --workers 64 --json OUT
+rollout-len bench calibrate --yaml OUT
+rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
+rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
+rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -57,15 +57,20 @@ def _add_bench(sub) -> None:
     pr.add_argument("--quick", action="store_true")
     pr.add_argument("--every", type=int, default=16, help="PLP prediction interval k")
     r = bench.add_parser("rollout", help="scheduling policies on real Ray workers decoding the model")
-    r.add_argument("--policies", default="fcfs,static_padded,bucketed_padded,length_aware,oracle",
-                   help="comma list of policies (fcfs first; oracle uses its lengths)")
+    r.add_argument(
+        "--policies",
+        default="fcfs,static_padded,bucketed_padded,length_aware,oracle",
+        help="comma list of policies (fcfs first; oracle uses its lengths)",
+    )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--prompts", type=int, default=16)
     r.add_argument("--n", type=int, default=8, help="samples per prompt")
     r.add_argument("--slots", type=int, default=8, help="decode slots per worker (queues form beyond them)")
     r.add_argument("--max-new-tokens", type=int, default=256)
     r.add_argument("--every", type=int, default=16, help="PLP interval k (decode steps per chunk)")
-    r.add_argument("--warmup-steps", type=int, default=2, help="length_aware steps on other prompts first (fit the head)")
+    r.add_argument(
+        "--warmup-steps", type=int, default=2, help="length_aware steps on other prompts first (fit the head)"
+    )
     r.add_argument("--predictions", default="model", choices=["model", "noise"], help="noise: the do-no-harm check")
     r.add_argument("--model", default="smollm2-135m")
     r.add_argument("--json", metavar="OUT")
@@ -109,8 +114,12 @@ def _add_forelen(sub) -> None:
     b.add_argument("--max-batch-size", type=int, default=32)
     e = fl.add_parser("eval", help="MAE table of the predictors on built datasets")
     e.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
-    e.add_argument("--methods", default="all", help="comma list of constant,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
-                   "s3,ltr_c,trail,pia,tpv,history,siblings, or 'all'")
+    e.add_argument(
+        "--methods",
+        default="all",
+        help="comma list of constant,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
+        "s3,ltr_c,trail,pia,tpv,history,siblings, or 'all'",
+    )
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
     e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
     e.add_argument("--json", metavar="OUT")
@@ -132,8 +141,17 @@ def _forelen(args) -> int:
     if args.forelen == "build":
         from rollout_len.forelen.build import build
 
-        build(args.scenario, args.out, model=args.model, prompts_file=args.prompts, limit=args.limit,
-              quick=args.quick, seed=args.seed, every=args.every, max_batch_size=args.max_batch_size)
+        build(
+            args.scenario,
+            args.out,
+            model=args.model,
+            prompts_file=args.prompts,
+            limit=args.limit,
+            quick=args.quick,
+            seed=args.seed,
+            every=args.every,
+            max_batch_size=args.max_batch_size,
+        )
         return 0
     from rollout_len.forelen.evaluate import METHODS, evaluate_methods, format_table, plp_curve
 
@@ -147,9 +165,11 @@ def _forelen(args) -> int:
         from rollout_len.forelen.attribution import attribution
 
         result = attribution(args.data, layer=args.layer)
-        print(f"{result['scenario']}: {result['tokens']} tokens of {result['prompts']} test prompts, h_t at layer "
-              f"{result['layer']}: Pearson r(importance, entropy) = {result['pearson_r']:.3f} "
-              f"(mean per prompt {result['mean_prompt_r']:.3f}; the reference paper reports 0.451)")
+        print(
+            f"{result['scenario']}: {result['tokens']} tokens of {result['prompts']} test prompts, h_t at layer "
+            f"{result['layer']}: Pearson r(importance, entropy) = {result['pearson_r']:.3f} "
+            f"(mean per prompt {result['mean_prompt_r']:.3f}; the reference paper reports 0.451)"
+        )
         if args.png:
             from rollout_len.forelen.plots import plot_attribution
 
@@ -184,8 +204,9 @@ def _generate(args) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     # Validate everything cheap before the model loads.
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            max_new_tokens=args.max_new_tokens)
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens
+    )
     if args.prompts:
         prompts = read_prompts_jsonl(args.prompts)
     elif args.gsm8k is not None:
@@ -206,33 +227,25 @@ def _generate(args) -> int:
     records = []
     for sample in samples:
         text = policy.tokenizer.decode(sample.output_ids, skip_special_tokens=True)
-        records.append({"sample_id": sample.sample_id, "group_id": sample.group_id, "length": sample.num_output,
-                        "finish_reason": sample.finish_reason, "text": text})
+        records.append(
+            {
+                "sample_id": sample.sample_id,
+                "group_id": sample.group_id,
+                "length": sample.num_output,
+                "finish_reason": sample.finish_reason,
+                "text": text,
+            }
+        )
         print(f"=== {sample.sample_id}  length={sample.num_output}  finish={sample.finish_reason}")
         print(text.strip())
     total = sum(r["length"] for r in records)
-    print(f"--- {len(samples)} completions, {total} tokens in {elapsed:.1f} s ({total / elapsed:.1f} tok/s); "
-          f"lengths: {[r['length'] for r in records]}")
+    print(
+        f"--- {len(samples)} completions, {total} tokens in {elapsed:.1f} s ({total / elapsed:.1f} tok/s); "
+        f"lengths: {[r['length'] for r in records]}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model, "completions": records}, f, indent=2)
-    return 0
-
-
-def _calibrate(args) -> int:
-    import torch
-
-    from rollout_len.bench import write_json
-    from rollout_len.model import load_policy
-    from rollout_len.rollout.costmodel import calibrate
-
-    torch.set_num_threads(args.threads)
-    model, measurements = calibrate(load_policy(args.model), name=f"{args.model}-{args.threads}thread")
-    print(model)
-    print(f"mean relative error of the fit: {measurements['mean_relative_error']:.1%}")
-    model.to_yaml(args.yaml, f"measured by `rollout-len bench calibrate --model {args.model} --threads {args.threads}`")
-    print(f"wrote {args.yaml}")
-    write_json(measurements, args.json)
     return 0
 
 
@@ -249,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "forelen":
             return _forelen(args)
         if args.command == "bench" and args.bench == "engine":
-            from rollout_len.bench.engine import run
+            from rollout_len.bench.throughput import run
 
             run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
             return 0
@@ -261,21 +274,48 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench" and args.bench == "rollout":
             from rollout_len.bench.rollout import run as run_rollout
 
-            run_rollout(tuple(p for p in args.policies.split(",") if p), args.workers, args.prompts, args.n, args.slots,
-                        args.max_new_tokens, args.every, args.warmup_steps, args.model, args.predictions, args.quick,
-                        args.json, args.png, args.seed)
+            run_rollout(
+                tuple(p for p in args.policies.split(",") if p),
+                args.workers,
+                args.prompts,
+                args.n,
+                args.slots,
+                args.max_new_tokens,
+                args.every,
+                args.warmup_steps,
+                args.model,
+                args.predictions,
+                args.quick,
+                args.json,
+                args.png,
+                args.seed,
+            )
             return 0
         if args.command == "bench" and args.bench == "sim":
             from rollout_len.bench.sim import run as run_sim
 
             slots = tuple(int(x) for x in args.slots.split(",") if x)
-            run_sim(args.workers, slots, args.waves, args.n, args.trace, args.profile, every=args.every, sigma=args.sigma,
-                    json_path=args.json, png=args.png, seed=args.seed)
+            run_sim(
+                args.workers,
+                slots,
+                args.waves,
+                args.n,
+                args.trace,
+                args.profile,
+                every=args.every,
+                sigma=args.sigma,
+                json_path=args.json,
+                png=args.png,
+                seed=args.seed,
+            )
             return 0
         if args.command == "bench" and args.bench == "calibrate":
-            return _calibrate(args)
+            from rollout_len.bench.calibrate import run as run_calibrate
+
+            run_calibrate(args.model, args.threads, args.yaml, args.json)
+            return 0
         if args.command == "bench" and args.bench == "kernels":
-            from rollout_len.kernels.bench import run as run_kernels
+            from rollout_len.bench.kernels import run as run_kernels
 
             run_kernels(args.json, quick=args.quick)
             return 0

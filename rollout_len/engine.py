@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rollout_len.kernels import linear_entropy
+from rollout_len.kernels import linear_entropy, logits_entropy
 from rollout_len.kv_cache import SLOT_ATTENTION, SlotKVCache
 from rollout_len.model import Policy, resolve_layer
 from rollout_len.sample import Sample, SampleStatus
-from rollout_len.sampling import sample_next, token_entropy
+from rollout_len.sampling import make_generator, sample_next
 
 __all__ = ["EngineConfig", "DecodeEngine", "StepOutput", "PrefillTap", "EngineStats"]
 
@@ -75,7 +75,7 @@ class StepOutput:
     padded_tokens: int  # static mode: rows computed for already-finished samples
 
     @classmethod
-    def make_empty(cls) -> "StepOutput":
+    def make_empty(cls) -> StepOutput:
         return cls([], 0, [], [], None, None, [], [], 0)
 
 
@@ -119,12 +119,16 @@ class DecodeEngine:
         self.base = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         layers = self.base.layers
-        self.tap_layer = None if self.config.tap_layer is None else resolve_layer(self.config.tap_layer, len(layers), "tap_layer")
+        self.tap_layer = (
+            None if self.config.tap_layer is None else resolve_layer(self.config.tap_layer, len(layers), "tap_layer")
+        )
         self._tapped: torch.Tensor | None = None
         # As in transformers' hidden_states: layer L < num_layers is decoder layer L's output (hooked
         # during our forward only, so engines sharing a model never see each other's hooks); the last
         # one is the final-normed state the LM head reads.
-        self._hooked_layer = layers[self.tap_layer - 1] if self.tap_layer is not None and self.tap_layer < len(layers) else None
+        self._hooked_layer = (
+            layers[self.tap_layer - 1] if self.tap_layer is not None and self.tap_layer < len(layers) else None
+        )
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.context_length = policy.context_length
@@ -240,8 +244,11 @@ class DecodeEngine:
         try:
             with torch.inference_mode():
                 out = self.base(
-                    input_ids=input_ids, position_ids=positions, attention_mask=mask,
-                    past_key_values=self.cache, use_cache=True,
+                    input_ids=input_ids,
+                    position_ids=positions,
+                    attention_mask=mask,
+                    past_key_values=self.cache,
+                    use_cache=True,
                 )
         finally:
             config._attn_implementation = saved
@@ -276,7 +283,7 @@ class DecodeEngine:
         last = final[torch.arange(len(seqs), device=self.device), lengths - 1]  # (B, d)
         logits = self._logits(last)
         for sample in samples:
-            record = _Running(sample, sample.make_generator(), 0, self._reservation(sample))
+            record = _Running(sample, make_generator(sample), 0, self._reservation(sample))
             record.position = sample.num_tokens
             sample.status = SampleStatus.RUNNING
             self._running.append(record)
@@ -290,7 +297,14 @@ class DecodeEngine:
                     entropy = linear_entropy(final[row, :n], weight, bias) if self.config.tap_entropy else None
                 hidden = tapped[row, :n].float() if tapped is not None else None
                 out.prefills.append(PrefillTap(sample.sample_id, len(sample.prompt_ids), hidden, entropy))
-        self._emit(rows, logits, last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1] if tapped is not None else None, out=out)
+        self._emit(
+            rows,
+            logits,
+            last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1]
+            if tapped is not None
+            else None,
+            out=out,
+        )
         self.stats.prefill_tokens += int(lengths.sum())
         self.stats.prefill_time_s += time.perf_counter() - t0
 
@@ -317,11 +331,16 @@ class DecodeEngine:
         self.stats.decode_batch_sizes.append(len(rows))
         self.stats.decode_time_s += time.perf_counter() - t0
 
-    def _emit(self, rows: list[_Running], logits: torch.Tensor, last_hidden_tap: torch.Tensor | None, out: StepOutput) -> None:
+    def _emit(
+        self, rows: list[_Running], logits: torch.Tensor, last_hidden_tap: torch.Tensor | None, out: StepOutput
+    ) -> None:
         """Sample one token per row, record it on the sample, and append the rows to `out`."""
         params = [r.sample.params for r in rows]
         tokens, logprobs = sample_next(
-            logits, [p.temperature for p in params], [p.top_p for p in params], [p.top_k for p in params],
+            logits,
+            [p.temperature for p in params],
+            [p.top_p for p in params],
+            [p.top_k for p in params],
             [r.generator for r in rows],
         )
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
@@ -331,7 +350,7 @@ class DecodeEngine:
         out.tokens += tokens
         out.logprobs += logprobs
         if self.config.tap_entropy:
-            entropy = token_entropy(logits)
+            entropy = logits_entropy(logits)
             out.entropy = entropy if out.entropy is None else torch.cat([out.entropy, entropy])
         if last_hidden_tap is not None:
             hidden = last_hidden_tap.float()

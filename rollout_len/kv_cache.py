@@ -39,7 +39,7 @@ AttentionInterface.register(SLOT_ATTENTION, _slot_attention)
 
 
 class _SlotLayer(CacheLayerMixin):
-    def __init__(self, owner: "SlotKVCache"):
+    def __init__(self, owner: SlotKVCache):
         super().__init__()
         self.owner = owner
 
@@ -136,4 +136,4 @@ class SlotKVCache(Cache):
                 layer.values[dst, :, :length] = layer.values[src, :, :length]
 
     def nbytes(self) -> int:
-        return sum(l.keys.nbytes + l.values.nbytes for l in self.layers if l.is_initialized)
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.layers if layer.is_initialized)

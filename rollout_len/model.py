@@ -21,7 +21,15 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["Policy", "load_policy", "tiny_policy", "resolve_layer", "embedded_gguf_path", "EMBEDDED_MODELS", "TINY_MODELS"]
+__all__ = [
+    "Policy",
+    "load_policy",
+    "tiny_policy",
+    "resolve_layer",
+    "embedded_gguf_path",
+    "EMBEDDED_MODELS",
+    "TINY_MODELS",
+]
 
 # name -> (python package that ships the file, file name inside it, pip requirement)
 EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -131,12 +139,10 @@ def _stop_ids(model: torch.nn.Module, tokenizer: object | None) -> list[int]:
     ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
     if tokenizer is not None and getattr(tokenizer, "eos_token_id", None) is not None:
         ids.append(tokenizer.eos_token_id)
-    return sorted(set(int(i) for i in ids))
+    return sorted({int(i) for i in ids})
 
 
-def load_policy(
-    name_or_path: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"
-) -> Policy:
+def load_policy(name_or_path: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu") -> Policy:
     """Load a causal LM and its tokenizer.
 
     Args:

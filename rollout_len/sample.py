@@ -3,6 +3,11 @@
 A sample is self-contained: prompt ids, generated ids and log-probs, its sampling parameters and
 its own RNG state. Exporting it from one engine and importing it into another continues it exactly
 where it stopped (the importing engine re-prefills prompt + generated tokens).
+
+Its identity comes from the caller: `sample_id` (unique within a step) and `group_id` (the prompt's
+group, verl's `uid`) are never derived from positions downstream. This module imports no torch: the
+scheduler (rollout_len.sched) reads samples without it; the engine owns the RNG
+(rollout_len.sampling.make_generator).
 """
 
 from __future__ import annotations
@@ -10,10 +15,9 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field, replace
+from typing import Any
 
-import torch
-
-__all__ = ["SamplingParams", "Sample", "SampleStatus", "FINISH_REASONS", "sample_seed"]
+__all__ = ["SamplingParams", "Sample", "SampleStatus", "FINISH_REASONS", "sample_seed", "expand_prompts"]
 
 
 class SampleStatus(enum.IntEnum):
@@ -78,7 +82,7 @@ class Sample:
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)  # of each output token, temperature-scaled
     status: SampleStatus = SampleStatus.WAITING
-    rng_state: torch.Tensor | None = None  # torch.Generator state; None = fresh from the seed
+    rng_state: Any = None  # the engine's torch.Generator state (a uint8 tensor); None = fresh from the seed
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
@@ -98,15 +102,23 @@ class Sample:
     def finish_reason(self) -> str | None:
         return FINISH_REASONS.get(self.status)
 
-    def copy(self) -> "Sample":
+    def copy(self) -> Sample:
         """An independent copy (token lists copied), e.g. to hand to a worker in the same process."""
         return replace(self, output_ids=list(self.output_ids), logprobs=list(self.logprobs))
 
-    def make_generator(self) -> torch.Generator:
-        """The sample's RNG, restored from its exported state or fresh from (seed, sample id)."""
-        gen = torch.Generator(device="cpu")
-        if self.rng_state is not None:
-            gen.set_state(self.rng_state)
-        else:
-            gen.manual_seed(sample_seed(self.seed, self.sample_id))
-        return gen
+
+def expand_prompts(prompts: list[list[int]], n: int, params: SamplingParams, seed: int = 0) -> list[Sample]:
+    """n samples per prompt, prompt-major: sample j of prompt i has id "{i}-{j}" and group "{i}".
+
+    For callers whose prompts have no identity of their own (benchmarks, tests, the CLI); verl
+    batches bring theirs (rollout_len.verl.convert).
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (samples per prompt) must be an int >= 1, got {n!r}")
+    if not prompts:
+        raise ValueError("expand_prompts needs at least one prompt")
+    return [
+        Sample(f"{i}-{j}", list(ids), params, seed=seed, group_id=str(i))
+        for i, ids in enumerate(prompts)
+        for j in range(n)
+    ]

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sample_next", "token_entropy"]
+from rollout_len.sample import Sample, sample_seed
+
+__all__ = ["make_generator", "sample_next"]
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = -sum_v p_v log p_v of softmax(logits) along the last dim, in float32.  (..., V) -> (...)"""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def make_generator(sample: Sample) -> torch.Generator:
+    """A sample's RNG: restored from its exported state, or fresh from (seed, sample id)."""
+    gen = torch.Generator(device="cpu")
+    if sample.rng_state is not None:
+        gen.set_state(sample.rng_state)
+    else:
+        gen.manual_seed(sample_seed(sample.seed, sample.sample_id))
+    return gen
 
 
 def _filter_row(logp: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
@@ -62,6 +68,7 @@ def sample_next(
         row_logp = _filter_row(logp[row], top_ps[row], top_ks[row])
         cdf = torch.cumsum(row_logp.exp(), 0)  # (V,)
         u = torch.rand(1, generator=generators[row]).item() * float(cdf[-1])
-        tokens[row] = min(int(torch.searchsorted(cdf, torch.tensor([u], device=cdf.device), right=True)), cdf.shape[0] - 1)
+        index = int(torch.searchsorted(cdf, torch.tensor([u], device=cdf.device), right=True))
+        tokens[row] = min(index, cdf.shape[0] - 1)
     tokens = tokens.to(logits.device)
     return tokens, logp.gather(1, tokens[:, None])[:, 0]

@@ -12,12 +12,12 @@ from rollout_len.sample import Sample, SamplingParams
 ARCHS = ("llama", "qwen2")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny(arch: str = "llama") -> Policy:
     return tiny_policy(arch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def embedded() -> Policy:
     return load_policy("smollm2-135m")
 
@@ -38,7 +38,11 @@ def hf_greedy(policy: Policy, prompt: list[int], max_new_tokens: int) -> list[in
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         out = policy.model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            eos_token_id=None, do_sample=False, pad_token_id=0,  # no stop: compare all tokens
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=None,
+            do_sample=False,
+            pad_token_id=0,  # no stop: compare all tokens
         )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()

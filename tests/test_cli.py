@@ -1,7 +1,7 @@
 import json
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +10,23 @@ from rollout_len.cli import main
 
 def test_generate_with_a_tiny_model_writes_json(tmp_path, capsys):
     out = tmp_path / "out.json"
-    rc = main(["generate", "--model", "tiny-llama", "--prompt", "hi", "--prompt", "yo", "--n", "2",
-               "--max-new-tokens", "5", "--json", str(out)])
+    rc = main(
+        [
+            "generate",
+            "--model",
+            "tiny-llama",
+            "--prompt",
+            "hi",
+            "--prompt",
+            "yo",
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     records = json.loads(out.read_text())["completions"]
     assert [r["group_id"] for r in records] == ["p0", "p0", "p1", "p1"]
@@ -26,13 +41,16 @@ def test_generate_reads_jsonl_and_reports_the_bad_line(tmp_path, capsys):
     assert "p.jsonl:2" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--max-new-tokens", "0"], "max_new_tokens"),
-    (["--temperature", "-1"], "temperature"),
-    (["--top-p", "2"], "top_p"),
-    (["--n", "0"], "--n"),
-    (["--model", "nope"], "unknown model"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-new-tokens", "0"], "max_new_tokens"),
+        (["--temperature", "-1"], "temperature"),
+        (["--top-p", "2"], "top_p"),
+        (["--n", "0"], "--n"),
+        (["--model", "nope"], "unknown model"),
+    ],
+)
 def test_generate_rejects_bad_flags(flags, message, capsys):
     assert main(["generate", "--prompt", "hi", *flags]) == 2
     assert message in capsys.readouterr().err

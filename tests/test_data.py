@@ -1,8 +1,8 @@
 import json
 
 import pytest
-
 from helpers import tiny
+
 from rollout_len.data import encode_prompt, gsm8k_prompts, read_prompts_jsonl
 
 

@@ -1,11 +1,10 @@
 import pytest
 import torch
-
 from helpers import ARCHS, embedded, hf_greedy, make_samples, mixed_prompts, tiny
+
 from rollout_len.data import encode_prompt
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.sample import Sample, SampleStatus, SamplingParams
-from rollout_len.sampling import token_entropy
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -40,7 +39,8 @@ def test_export_import_continues_exactly(arch):
     DecodeEngine(policy, EngineConfig(max_batch_size=4)).run(reference)
 
     moving = make_samples(prompts, seed=7, **params)
-    first, second = DecodeEngine(policy, EngineConfig(max_batch_size=4)), DecodeEngine(policy, EngineConfig(max_batch_size=2))
+    first = DecodeEngine(policy, EngineConfig(max_batch_size=4))
+    second = DecodeEngine(policy, EngineConfig(max_batch_size=2))
     for s in moving:
         first.add(s)
     for _ in range(11):
@@ -81,9 +81,13 @@ def test_static_mode_pads_to_the_longest_and_counts_it():
     policy = tiny("qwen2")
     prompts = mixed_prompts(4, seed=4)
     lengths = [3, 10, 5, 20]
+
     def build():
-        return [Sample(f"s{i}", p, SamplingParams(max_new_tokens=n, ignore_stop=True), seed=1)
-                for i, (p, n) in enumerate(zip(prompts, lengths))]
+        return [
+            Sample(f"s{i}", p, SamplingParams(max_new_tokens=n, ignore_stop=True), seed=1)
+            for i, (p, n) in enumerate(zip(prompts, lengths))
+        ]
+
     static, continuous = build(), build()
     engine = DecodeEngine(policy, EngineConfig(max_batch_size=4, static_batching=True))
     engine.run(static)
@@ -141,7 +145,8 @@ def test_taps_match_a_full_forward(tap_layer, index):
         with torch.inference_mode():
             full = policy.model(ids, output_hidden_states=True)
         hidden = full.hidden_states[index][0]  # (T, d); index 2 = final-normed last layer
-        entropy = token_entropy(full.logits[0])  # (T,)
+        logp = torch.log_softmax(full.logits[0].float(), -1)  # (T, V)
+        entropy = -(logp.exp() * logp).sum(-1)  # (T,)
         n = len(sample.prompt_ids)
         tap = prefill[sample.sample_id]
         assert tap.num_prompt_tokens == n

@@ -1,6 +1,6 @@
 import torch
-
 from helpers import hf_greedy, make_samples, mixed_prompts, tiny
+
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.kv_cache import SlotKVCache
 
@@ -11,8 +11,10 @@ def test_capacity_growth_and_slot_moves_keep_generation_exact():
     policy = tiny("llama")
     prompts = mixed_prompts(5, seed=11)
     lengths = [9, 30, 4, 17, 25]
-    samples = [make_samples([p], prefix=f"s{i}-", temperature=0.0, max_new_tokens=n, ignore_stop=True)[0]
-               for i, (p, n) in enumerate(zip(prompts, lengths))]
+    samples = [
+        make_samples([p], prefix=f"s{i}-", temperature=0.0, max_new_tokens=n, ignore_stop=True)[0]
+        for i, (p, n) in enumerate(zip(prompts, lengths))
+    ]
     engine = DecodeEngine(policy, EngineConfig(max_batch_size=3, initial_kv_capacity=4))
     engine.run(samples)
     assert engine.cache.capacity >= max(len(p) + n for p, n in zip(prompts, lengths))

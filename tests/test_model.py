@@ -2,8 +2,8 @@ import importlib.util
 
 import pytest
 import torch
-
 from helpers import embedded
+
 from rollout_len import model as model_module
 from rollout_len.model import load_policy, tiny_policy
 

@@ -9,7 +9,7 @@ train split, choose settings on val, predict on test.
 | `ssjf_reg`, `ssjf_mc` | SSJF (Qiu et al. 2024) | prompt text → frozen proxy encoder → regression / multi-class head |
 | `s3` | S3 (Jin et al. 2023) | prompt text → frozen proxy encoder → length-bucket classifier |
 | `ltr_c` | learning to rank (Fu et al. 2024) | prompt text → frozen proxy encoder → ListMLE scorer |
-| `trail` | TRAIL (Shahout et al. 2025) | policy intermediate-layer prompt mean → bin classifier, refined per decode step |
+| `trail` | TRAIL (Shahout et al. 2025) | policy mid-layer prompt mean → bin classifier, refined per decode step |
 | `pia` | PiA (Zheng et al. 2023) | the policy states its own length; the number is parsed |
 | `tpv` | TPV (Eisenstadt et al. 2025) | linear probe of progress t/N on the policy's final-layer states |
 | `history` | RL-native (RhymeRL-style) | the mean length of the other samples of the same prompt |

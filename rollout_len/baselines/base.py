@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -22,13 +21,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rollout_len.baselines.encoder import load_encoder
+from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset, load_prompts
+from rollout_len.model import load_policy
 from rollout_len.predictor.train import evaluate, kendall_tau
 
-__all__ = ["TRAIN", "VAL", "TEST", "NotApplicable", "ForeLenData", "Baseline", "Standardize",
-           "fit_selecting_on_val", "single_thread", "clamp_remaining", "to_remaining", "evaluate_baseline", "prompt_text"]
-
-TRAIN, VAL, TEST = 0, 1, 2
-_SPLIT_NAMES = ("train", "val", "test")
+__all__ = [
+    "TRAIN",
+    "VAL",
+    "TEST",
+    "NotApplicable",
+    "ForeLenData",
+    "Baseline",
+    "Standardize",
+    "fit_selecting_on_val",
+    "single_thread",
+    "clamp_remaining",
+    "to_remaining",
+    "evaluate_baseline",
+    "prompt_text",
+]
 
 
 class NotApplicable(ValueError):
@@ -59,8 +71,15 @@ class ForeLenData:
     texts, their proxy-encoder embeddings and the policy are read or loaded on first use.
     """
 
-    def __init__(self, card: dict, tensors: dict[str, torch.Tensor], folder: str | Path | None = None,
-                 encoder: str = "all-minilm-l6-v2", prompts: list | None = None, policy=None):
+    def __init__(
+        self,
+        card: dict,
+        tensors: dict[str, torch.Tensor],
+        folder: str | Path | None = None,
+        encoder: str = "all-minilm-l6-v2",
+        prompts: list | None = None,
+        policy=None,
+    ):
         self.card, self.tensors = card, tensors
         self.folder = Path(folder) if folder is not None else None
         self.encoder_name = encoder
@@ -81,9 +100,8 @@ class ForeLenData:
             self.policy = policy
 
     @classmethod
-    def load(cls, folder: str | Path, encoder: str = "all-minilm-l6-v2") -> "ForeLenData":
-        from rollout_len.forelen.evaluate import load_dataset
-
+    def load(cls, folder: str | Path, encoder: str = "all-minilm-l6-v2") -> ForeLenData:
+        """A dataset folder written by `rollout-len forelen build` (format: forelen/dataset.py)."""
         card, tensors = load_dataset(folder)
         return cls(card, tensors, folder, encoder)
 
@@ -112,36 +130,16 @@ class ForeLenData:
         """Prompt texts (or chat messages) in prompt-index order, from the dataset's prompts.jsonl."""
         if self.folder is None:
             raise ValueError("this dataset has no folder and no prompts were given")
-        path = self.folder / "prompts.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the prompt-text baselines need the prompts of the build")
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                row = json.loads(line)
-                rows.append((row["prompt"], row["split"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{lineno}: not a {{'prompt', 'split'}} record ({err})") from None
-        if len(rows) != len(self.prompt_split):
-            raise ValueError(f"{path} has {len(rows)} prompts, data.safetensors has {len(self.prompt_split)}")
-        for i, (_, split) in enumerate(rows):
-            if split != _SPLIT_NAMES[int(self.prompt_split[i])]:
-                raise ValueError(f"{path}: prompt {i} is in split {split!r} there but "
-                                 f"{_SPLIT_NAMES[int(self.prompt_split[i])]!r} in data.safetensors")
-        return [prompt for prompt, _ in rows]
+        return load_prompts(self.folder, self.prompt_split)
 
     @cached_property
     def embeddings(self) -> torch.Tensor:
         """Proxy-encoder embedding of every prompt's text.  (P, d)"""
-        from rollout_len.baselines.encoder import load_encoder
-
         return load_encoder(self.encoder_name).encode([prompt_text(p) for p in self.prompts])
 
     @cached_property
     def policy(self):
         """The policy that generated the dataset (the card's model)."""
-        from rollout_len.model import load_policy
-
         return load_policy(self.card["model"])
 
 
@@ -255,7 +253,9 @@ def evaluate_baseline(method: Baseline, data: ForeLenData) -> dict:
     if method.progressive:
         idx = data.checkpoints(TEST)
         pred, true_left, steps = method.predict_remaining(data, TEST), data.ckpt_remaining[idx], data.ckpt_t[idx]
-        result["by_t"] = {int(t): evaluate(pred[steps == t], true_left[steps == t]) for t in torch.unique(steps).tolist()}
+        result["by_t"] = {
+            int(t): evaluate(pred[steps == t], true_left[steps == t]) for t in torch.unique(steps).tolist()
+        }
         result["checkpoints"] = evaluate(pred, true_left)
     if method.selected:
         result["selected"] = method.selected

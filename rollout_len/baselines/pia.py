@@ -49,8 +49,9 @@ def _with_instruction(prompt: str | list[dict]) -> str | list[dict]:
 def ask_for_length(policy, prompts: list, max_new_tokens: int = 16, max_batch_size: int = 64) -> list[str]:
     """The policy's greedy answer to each prompt followed by INSTRUCTION."""
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    samples = [Sample(f"pia{i}", encode_prompt(policy.tokenizer, _with_instruction(p)), params)
-               for i, p in enumerate(prompts)]
+    samples = [
+        Sample(f"pia{i}", encode_prompt(policy.tokenizer, _with_instruction(p)), params) for i, p in enumerate(prompts)
+    ]
     DecodeEngine(policy, EngineConfig(max_batch_size=max_batch_size)).run(samples)
     return [policy.tokenizer.decode(s.output_ids, skip_special_tokens=True) for s in samples]
 
@@ -70,16 +71,21 @@ class PiA(Baseline):
         if not ratios.isnan().all():
             scales["train median ratio"] = float(ratios.nanmedian())
         val = data.samples(VAL)
-        errors = {label: float((self._lengths(data, VAL, scale) - data.lengths[val]).abs().mean())
-                  for label, scale in scales.items()}
+        errors = {
+            label: float((self._lengths(data, VAL, scale) - data.lengths[val]).abs().mean())
+            for label, scale in scales.items()
+        }
         chosen = min(errors, key=errors.get)
         self.scale = scales[chosen]
         test_prompts = torch.unique(data.sample_prompt[data.samples(TEST)]).tolist()
         parsed = [p for p in test_prompts if not self.stated[p].isnan()]
         copied = [p for p in parsed if float(self.stated[p]) in _numbers(prompt_text(data.prompts[p]))]
-        self.selected = {"scale": chosen, "tokens_per_stated": round(self.scale, 3),
-                         "parsed_fraction_test": len(parsed) / len(test_prompts),
-                         "copied_from_prompt_fraction": len(copied) / len(parsed) if parsed else float("nan")}
+        self.selected = {
+            "scale": chosen,
+            "tokens_per_stated": round(self.scale, 3),
+            "parsed_fraction_test": len(parsed) / len(test_prompts),
+            "copied_from_prompt_fraction": len(copied) / len(parsed) if parsed else float("nan"),
+        }
 
     def _lengths(self, data: ForeLenData, split: int, scale: float) -> torch.Tensor:
         stated = self.stated[data.sample_prompt[data.samples(split)]]

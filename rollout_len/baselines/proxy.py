@@ -34,8 +34,13 @@ NUM_BINS = 10
 def mlp(x_train: torch.Tensor, out_dim: int, hidden: int = 128, dropout: float = 0.1, seed: int = 0) -> nn.Sequential:
     """Standardize (train statistics) → Linear → ReLU → Dropout → Linear, initialized from `seed`."""
     torch.manual_seed(seed)
-    return nn.Sequential(Standardize(x_train), nn.Linear(x_train.shape[1], hidden), nn.ReLU(),
-                         nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+    return nn.Sequential(
+        Standardize(x_train),
+        nn.Linear(x_train.shape[1], hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, out_dim),
+    )
 
 
 def _features(data: ForeLenData, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +59,13 @@ class SSJFReg(Baseline):
         x_val, y_val = _features(data, VAL)
         self.scale = float(data.budget)
         self.net = mlp(x, 1)
-        fit_selecting_on_val(self.net, lambda net, xb, yb: (net(xb)[:, 0] - yb / self.scale).abs().mean(), x, y,
-                             lambda net: (self._lengths(net(x_val)) - y_val).abs().mean())
+        fit_selecting_on_val(
+            self.net,
+            lambda net, xb, yb: (net(xb)[:, 0] - yb / self.scale).abs().mean(),
+            x,
+            y,
+            lambda net: (self._lengths(net(x_val)) - y_val).abs().mean(),
+        )
 
     def _lengths(self, out: torch.Tensor) -> torch.Tensor:
         return (out[:, 0] * self.scale).clamp(0, self.scale)
@@ -80,8 +90,13 @@ class _BinClassifier(Baseline):
         total = torch.zeros(self.length_bins.num_bins).index_add_(0, label, y)
         self.values = torch.where(count > 0, total / count.clamp_min(1), self.length_bins.centers)
         self.net = mlp(x, self.length_bins.num_bins)
-        fit_selecting_on_val(self.net, lambda net, xb, lb: nn.functional.cross_entropy(net(xb), lb), x, label,
-                             lambda net: (self.values[net(x_val).argmax(1)] - y_val).abs().mean())
+        fit_selecting_on_val(
+            self.net,
+            lambda net, xb, lb: nn.functional.cross_entropy(net(xb), lb),
+            x,
+            label,
+            lambda net: (self.values[net(x_val).argmax(1)] - y_val).abs().mean(),
+        )
 
     @torch.no_grad()
     def predict(self, data: ForeLenData, split: int) -> torch.Tensor:
@@ -120,8 +135,14 @@ class LearningToRank(Baseline):
             raise ValueError("ltr_c needs at least 2 training prompts to rank")
         x_val, y_val = _features(data, VAL)
         self.net = mlp(x, 1, hidden=64)
-        fit_selecting_on_val(self.net, lambda net, xb, yb: list_mle(net(xb)[:, 0], yb), x, y,
-                             lambda net: -kendall_tau(net(x_val)[:, 0].numpy(), y_val.numpy()), batch_size=16)
+        fit_selecting_on_val(
+            self.net,
+            lambda net, xb, yb: list_mle(net(xb)[:, 0], yb),
+            x,
+            y,
+            lambda net: -kendall_tau(net(x_val)[:, 0].numpy(), y_val.numpy()),
+            batch_size=16,
+        )
         with torch.no_grad():
             self.train_scores = np.sort(self.net(x)[:, 0].numpy())
         self.train_lengths = data.lengths[data.samples(TRAIN)].numpy()
@@ -131,5 +152,7 @@ class LearningToRank(Baseline):
         return self.net(_features(data, split)[0])[:, 0]
 
     def predict(self, data: ForeLenData, split: int) -> torch.Tensor:
-        levels = np.interp(self.scores(data, split).numpy(), self.train_scores, np.linspace(0, 1, len(self.train_scores)))
+        levels = np.interp(
+            self.scores(data, split).numpy(), self.train_scores, np.linspace(0, 1, len(self.train_scores))
+        )
         return torch.from_numpy(np.quantile(self.train_lengths, levels)).float()

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rollout_len.baselines.base import TRAIN, VAL, Baseline, ForeLenData, clamp_remaining, fit_selecting_on_val, single_thread
+from rollout_len.baselines.base import (
+    TRAIN,
+    VAL,
+    Baseline,
+    ForeLenData,
+    clamp_remaining,
+    fit_selecting_on_val,
+    single_thread,
+)
 from rollout_len.baselines.proxy import NUM_BINS, mlp
 from rollout_len.predictor.head import LengthBins
 
@@ -51,7 +59,7 @@ class Trail(Baseline):
 
     def fit(self, data: ForeLenData) -> None:
         final = max(data.card["layers"])
-        layers = [l for l in data.card["layers"] if l < final]
+        layers = [layer for layer in data.card["layers"] if layer < final]
         if not layers:
             raise ValueError(f"trail needs an intermediate layer; the dataset stores only layers {data.card['layers']}")
         self.bins = LengthBins(tuple(float(e) for e in np.linspace(0, data.budget + 1, NUM_BINS + 1)))
@@ -61,19 +69,32 @@ class Trail(Baseline):
         for layer in layers:
             x = self._prompt_x(data, layer)
             net = mlp(x[train], NUM_BINS)
-            error = fit_selecting_on_val(net, _cross_entropy, x[train], self.bins.index(data.lengths[train]),
-                                         lambda n: self._mae(n(x[val]), data.lengths[val]))
+            error = fit_selecting_on_val(
+                net,
+                _cross_entropy,
+                x[train],
+                self.bins.index(data.lengths[train]),
+                lambda n, x=x: self._mae(n(x[val]), data.lengths[val]),
+            )
             if error < best:
                 best, self.layer, self.prompt_net = error, layer, net
         train_c = data.decode_checkpoints(TRAIN)
         val_c = data.decode_checkpoints(VAL)
         x, left = data.ckpt_pool, data.ckpt_remaining
         self.decode_net = mlp(x[train_c], NUM_BINS)
-        fit_selecting_on_val(self.decode_net, _cross_entropy, x[train_c], self.bins.index(left[train_c]),
-                             lambda n: self._mae(n(x[val_c]), left[val_c]), batch_size=128)
+        fit_selecting_on_val(
+            self.decode_net,
+            _cross_entropy,
+            x[train_c],
+            self.bins.index(left[train_c]),
+            lambda n: self._mae(n(x[val_c]), left[val_c]),
+            batch_size=128,
+        )
         idx = data.checkpoints(VAL)
-        errors = {mode: float((self._remaining(data, VAL, mode) - data.ckpt_remaining[idx]).abs().mean())
-                  for mode in REFINEMENTS}
+        errors = {
+            mode: float((self._remaining(data, VAL, mode) - data.ckpt_remaining[idx]).abs().mean())
+            for mode in REFINEMENTS
+        }
         self.refine = min(errors, key=errors.get)
         self.selected = {"layer": self.layer, "refine": self.refine}
 

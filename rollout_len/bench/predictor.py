@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import accumulate
 
 import torch
 
@@ -16,16 +17,26 @@ from rollout_len.bench import write_json
 from rollout_len.data import encode_prompt, gsm8k_prompts
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.model import load_policy
-from rollout_len.predictor.egtp import pool
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
 from rollout_len.predictor.plp import PLPTracker
+from rollout_len.predictor.pooling import pool_packed
 from rollout_len.sample import Sample, SamplingParams
 
 __all__ = ["run"]
 
 
+def _egtp(taps: list) -> torch.Tensor:
+    """EGTP features (B, d) of prefill taps, packed into one pooling call as prompt scoring does."""
+    cu_seqlens = torch.tensor([0, *accumulate(len(t.entropy) for t in taps)])  # (B+1,)
+    return pool_packed(torch.cat([t.hidden for t in taps]), torch.cat([t.entropy for t in taps]), cu_seqlens)
+
+
+def _engine(policy, batch: int, taps: bool) -> DecodeEngine:
+    return DecodeEngine(policy, EngineConfig(max_batch_size=batch, tap_layer=-1 if taps else None, tap_entropy=taps))
+
+
 def _prefill_time(policy, prompts, taps: bool) -> tuple[float, list]:
-    engine = DecodeEngine(policy, EngineConfig(max_batch_size=len(prompts), tap_layer=-1 if taps else None, tap_entropy=taps))
+    engine = _engine(policy, len(prompts), taps)
     for i, ids in enumerate(prompts):
         engine.add(Sample(f"p{i}", ids, SamplingParams(max_new_tokens=1)))
     start = time.perf_counter()
@@ -34,13 +45,13 @@ def _prefill_time(policy, prompts, taps: bool) -> tuple[float, list]:
 
 
 def _decode(policy, prompts, taps: bool, new_tokens: int, every: int, tracker: PLPTracker | None) -> dict:
-    engine = DecodeEngine(policy, EngineConfig(max_batch_size=len(prompts), tap_layer=-1 if taps else None, tap_entropy=taps))
+    engine = _engine(policy, len(prompts), taps)
     for i, ids in enumerate(prompts):
         engine.add(Sample(f"d{i}", ids, SamplingParams(max_new_tokens=new_tokens, ignore_stop=True), seed=i))
     first = engine.step()
     if tracker is not None:
-        for tap in first.prefills:
-            tracker.start(tap.sample_id, pool(tap.hidden, tap.entropy, "egtp"), max_new_tokens=new_tokens)
+        for tap, feature in zip(first.prefills, _egtp(first.prefills)):
+            tracker.start(tap.sample_id, feature, max_new_tokens=new_tokens)
     decode_s = plp_update_s = plp_predict_s = 0.0
     steps = 0
     while engine.has_unfinished():
@@ -72,29 +83,50 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     off, _ = _prefill_time(policy, prompts, taps=False)
     on, taps = _prefill_time(policy, prompts, taps=True)
     t0 = time.perf_counter()
-    feats = torch.stack([pool(t.hidden, t.entropy, "egtp") for t in taps])
+    feats = _egtp(taps)
     head.predict(feats, quantiles=(0.5, 0.9))
     pool_head = time.perf_counter() - t0
-    prefill = {"prompts": len(prompts), "prompt_tokens": sum(map(len, prompts)), "prefill_s": off,
-               "prefill_with_taps_s": on, "egtp_and_head_s": pool_head,
-               "overhead_fraction": (on - off + pool_head) / off}
+    prefill = {
+        "prompts": len(prompts),
+        "prompt_tokens": sum(map(len, prompts)),
+        "prefill_s": off,
+        "prefill_with_taps_s": on,
+        "egtp_and_head_s": pool_head,
+        "overhead_fraction": (on - off + pool_head) / off,
+    }
 
     new_tokens = 32 if quick else 64
     plain = _decode(policy, prompts, False, new_tokens, every, None)
     with_plp = _decode(policy, prompts, True, new_tokens, every, PLPTracker(plp_head, d))
     plp_s = with_plp["plp_update_s"] + with_plp["plp_predict_s"]
-    decode = {"batch": len(prompts), "new_tokens": new_tokens, "every": every,
-              "decode_s": plain["decode_s"], "decode_with_taps_s": with_plp["decode_s"],
-              "plp_update_s": with_plp["plp_update_s"], "plp_predict_s": with_plp["plp_predict_s"],
-              "taps_fraction": (with_plp["decode_s"] - plain["decode_s"]) / plain["decode_s"],
-              "plp_fraction": plp_s / plain["decode_s"]}
-    result = {"model": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "prefill": prefill, "decode": decode}
-    print(f"prefill of {len(prompts)} prompts ({prefill['prompt_tokens']} tokens): {off:.2f} s; with taps "
-          f"(per-position entropy + layer states) {on:.2f} s; EGTP + head {pool_head * 1e3:.1f} ms; "
-          f"overhead {prefill['overhead_fraction']:.1%}")
-    print(f"decode batch {len(prompts)} x {new_tokens}: {plain['decode_s']:.2f} s; with taps {with_plp['decode_s']:.2f} s "
-          f"({decode['taps_fraction']:+.1%}); PLP update every step + predict every {every}: "
-          f"{plp_s * 1e3:.1f} ms ({decode['plp_fraction']:.2%} of decode)")
+    decode = {
+        "batch": len(prompts),
+        "new_tokens": new_tokens,
+        "every": every,
+        "decode_s": plain["decode_s"],
+        "decode_with_taps_s": with_plp["decode_s"],
+        "plp_update_s": with_plp["plp_update_s"],
+        "plp_predict_s": with_plp["plp_predict_s"],
+        "taps_fraction": (with_plp["decode_s"] - plain["decode_s"]) / plain["decode_s"],
+        "plp_fraction": plp_s / plain["decode_s"],
+    }
+    result = {
+        "model": model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "prefill": prefill,
+        "decode": decode,
+    }
+    print(
+        f"prefill of {len(prompts)} prompts ({prefill['prompt_tokens']} tokens): {off:.2f} s; with taps "
+        f"(per-position entropy + layer states) {on:.2f} s; EGTP + head {pool_head * 1e3:.1f} ms; "
+        f"overhead {prefill['overhead_fraction']:.1%}"
+    )
+    print(
+        f"decode batch {len(prompts)} x {new_tokens}: {plain['decode_s']:.2f} s; "
+        f"with taps {with_plp['decode_s']:.2f} s "
+        f"({decode['taps_fraction']:+.1%}); PLP update every step + predict every {every}: "
+        f"{plp_s * 1e3:.1f} ms ({decode['plp_fraction']:.2%} of decode)"
+    )
     write_json(result, json_path)
     return result

@@ -27,8 +27,9 @@ from rollout_len.predictor.train import FitConfig, fit_head
 __all__ = ["attribution", "token_importance"]
 
 
-def token_importance(policy: Policy, head: SoftLabelHead, ids: list[int], targets: torch.Tensor,
-                     layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def token_importance(
+    policy: Policy, head: SoftLabelHead, ids: list[int], targets: torch.Tensor, layer: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per prompt token: importance ||∂L/∂h_t|| at decoder layer `layer` (T,), next-token entropy (T,);
     and the mean-pooled final-layer feature the head read (d,)."""
     decoder = policy.model.get_decoder()
@@ -82,16 +83,22 @@ def attribution(folder: str, layer: int | None = None, config: FitConfig | None 
         imp, ent, feature = token_importance(policy, head, ids, data.lengths[data.sample_prompt == p], layer)
         stored = data.tensors[key][p].float()
         if not torch.allclose(feature, stored, rtol=1e-3, atol=1e-3 * float(stored.abs().max())):
-            raise ValueError(f"the policy {data.card['model']!r} does not reproduce the dataset's prompt features "
-                             f"(prompt {p}); was the dataset built with another model?")
+            raise ValueError(
+                f"the policy {data.card['model']!r} does not reproduce the dataset's prompt features "
+                f"(prompt {p}); was the dataset built with another model?"
+            )
         importance.append(imp.numpy())
         entropy.append(ent.numpy())
         per_prompt.append(_pearson(imp.numpy(), ent.numpy()))
     all_imp, all_ent = np.concatenate(importance), np.concatenate(entropy)
     return {
-        "scenario": data.card["scenario"], "layer": layer, "feature_layer": depth,
-        "prompts": len(importance), "tokens": len(all_imp),
+        "scenario": data.card["scenario"],
+        "layer": layer,
+        "feature_layer": depth,
+        "prompts": len(importance),
+        "tokens": len(all_imp),
         "pearson_r": _pearson(all_imp, all_ent),
         "mean_prompt_r": float(np.nanmean(per_prompt)) if not np.isnan(per_prompt).all() else float("nan"),
-        "importance": all_imp.tolist(), "entropy": all_ent.tolist(),
+        "importance": all_imp.tolist(),
+        "entropy": all_ent.tolist(),
     }

@@ -3,17 +3,14 @@ and PLP checkpoints.
 
     rollout-len forelen build --scenario rl --model smollm2-135m --out data/forelen/rl [--quick]
 
-Output folder:
-    card.json            model, layers, seed, sampling, counts, capped fraction, build time
-    data.safetensors     prompt features per (layer, pooling) (P, d); per sample: prompt index,
-                         length, capped flag; PLP checkpoints every k tokens: sample index, t, the
-                         online entropy-weighted pool of the generated states (C, d) in float16
-    prompts.jsonl        one {"prompt", "split"} per prompt (splits are by prompt)
+The output folder (card.json, data.safetensors, prompts.jsonl) is described in forelen/dataset.py.
+PLP checkpoints are taken as the rollout worker takes them: a PLPTracker per sample folds in every decode
+tap at the PLP layer, and a checkpoint is kept at every t (tokens generated) with `is_checkpoint(t, k)`
+before the sample ends.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,16 +20,16 @@ from tqdm import tqdm
 
 from rollout_len.data import encode_prompt, read_prompts_jsonl
 from rollout_len.engine import DecodeEngine, EngineConfig
+from rollout_len.forelen.dataset import SPLITS, save_dataset
 from rollout_len.forelen.scenarios import SCENARIOS, scenario_prompts
-from rollout_len.kernels import OnlinePoolState, online_pool_update
-from rollout_len.model import load_policy, resolve_layer
-from rollout_len.predictor.egtp import POOLINGS
+from rollout_len.model import Policy, load_policy, resolve_layer
 from rollout_len.predictor.features import prompt_features
+from rollout_len.predictor.plp import PLPTracker, is_checkpoint
+from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.sample import Sample, SamplingParams
 
 __all__ = ["build", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 
 
@@ -50,16 +47,32 @@ def split_prompts(num_prompts: int, seed: int) -> np.ndarray:
     return split
 
 
-def _generate(policy, prompt_ids, n, params, seed, plp_layer, every, max_batch_size):
-    """Decode every sample with taps; return finished samples and PLP checkpoints."""
-    engine = DecodeEngine(policy, EngineConfig(max_batch_size=max_batch_size, tap_layer=plp_layer, tap_entropy=True))
-    samples = [Sample(f"p{p}-s{j}", ids, params, seed=seed, group_id=f"p{p}")
-               for p, ids in enumerate(prompt_ids) for j in range(n)]
-    row_of = {s.sample_id: i for i, s in enumerate(samples)}
-    pool = OnlinePoolState.init(len(samples), policy.hidden_size)
-    ckpt_sample, ckpt_t, ckpt_pool = [], [], []
-    for i in range(len(samples)):  # t = 0: nothing generated yet, the pool is empty
-        ckpt_sample.append(i), ckpt_t.append(0), ckpt_pool.append(torch.zeros(policy.hidden_size, dtype=torch.float16))
+def _generate(
+    policy: Policy,
+    prompt_ids: list[list[int]],
+    prompt_feature: torch.Tensor,
+    n: int,
+    params: SamplingParams,
+    seed: int,
+    plp_layer: int,
+    every: int,
+    max_batch_size: int,
+):
+    """Decode n samples of every prompt with decode taps at `plp_layer` (prompt_feature (P, d): the
+    prompts' EGTP features there). Returns the finished samples (prompt-major) and the PLP checkpoints
+    (sample index, t, pool_t (d,) float16) at every t < length with `is_checkpoint(t, every)`."""
+    config = EngineConfig(max_batch_size=max_batch_size, tap_layer=plp_layer, tap_entropy=True, tap_prefill=False)
+    engine = DecodeEngine(policy, config)
+    samples = [
+        Sample(f"p{p}-s{j}", ids, params, seed=seed, group_id=f"p{p}")
+        for p, ids in enumerate(prompt_ids)
+        for j in range(n)
+    ]
+    index = {s.sample_id: i for i, s in enumerate(samples)}
+    tracker = PLPTracker(None, policy.hidden_size)
+    empty = torch.zeros(policy.hidden_size, dtype=torch.float16)
+    # t = 0: nothing generated yet, the pool is empty (a prompt-only prediction)
+    checkpoints = [(i, 0, empty) for i in range(len(samples)) if is_checkpoint(0, every)]
     for s in samples:
         engine.add(s)
     with tqdm(total=len(samples), desc="generate", unit="sample") as bar:
@@ -67,14 +80,24 @@ def _generate(policy, prompt_ids, n, params, seed, plp_layer, every, max_batch_s
             out = engine.step()
             nd = out.num_decode_rows
             if nd:
-                rows = torch.tensor([row_of[sid] for sid in out.sample_ids[:nd]])
-                online_pool_update(pool, out.hidden[:nd], out.entropy[:nd], rows)
-                for r in rows.tolist():
-                    t = samples[r].num_output
-                    if t % every == 0 and not samples[r].status.is_finished:
-                        ckpt_sample.append(r), ckpt_t.append(t), ckpt_pool.append(pool.pooled()[r].half())
+                tracker.update(out.sample_ids[:nd], out.hidden[:nd], out.entropy[:nd])
+            for sid in out.sample_ids[nd:]:  # prefilled this step: its first token is out, nothing pooled
+                i = index[sid]
+                tracker.start(sid, prompt_feature[i // n], params.max_new_tokens, tokens_done=samples[i].num_output)
+            due = [
+                sid
+                for sid in out.sample_ids
+                if not samples[index[sid]].status.is_finished and is_checkpoint(tracker.tokens_done(sid), every)
+            ]
+            if due:
+                for sid, pooled in zip(due, tracker.pooled(due)):
+                    t = tracker.tokens_done(sid)
+                    assert t == samples[index[sid]].num_output, (sid, t)
+                    checkpoints.append((index[sid], t, pooled.half()))
+            for s in out.finished:
+                tracker.drop(s.sample_id)
             bar.update(len(out.finished))
-    return samples, ckpt_sample, ckpt_t, ckpt_pool
+    return samples, checkpoints
 
 
 def build(
@@ -102,7 +125,7 @@ def build(
     policy = load_policy(model)
     depth = policy.num_layers
     layers = layers or (max(1, depth // 3), max(1, 2 * depth // 3), depth)
-    layers = tuple(sorted({resolve_layer(l, depth) for l in (*layers, plp_layer)}))
+    layers = tuple(sorted({resolve_layer(layer, depth) for layer in (*layers, plp_layer)}))
     plp_layer = resolve_layer(plp_layer, policy.num_layers)
     prompt_ids = [encode_prompt(policy.tokenizer, t) for t in texts]
     too_long = [i for i, ids in enumerate(prompt_ids) if len(ids) + 1 >= policy.context_length]
@@ -113,41 +136,52 @@ def build(
     print(f"[forelen] {scenario}: {len(texts)} prompts x {spec.n}, max {max_new} new tokens, layers {layers}")
     feats = prompt_features(policy, prompt_ids, layers=layers, methods=tuple(POOLINGS))
     params = SamplingParams(temperature=spec.temperature, max_new_tokens=max_new)
-    samples, ckpt_sample, ckpt_t, ckpt_pool = _generate(
-        policy, prompt_ids, spec.n, params, seed, plp_layer, every, max_batch_size)
+    samples, checkpoints = _generate(
+        policy, prompt_ids, feats[(plp_layer, "egtp")], spec.n, params, seed, plp_layer, every, max_batch_size
+    )
+    ckpt_sample, ckpt_t, ckpt_pool = zip(*checkpoints)
 
     lengths = torch.tensor([s.num_output for s in samples])
     capped = torch.tensor([s.finish_reason == "length" for s in samples])
-    tensors = {f"prompt/{l}/{m}": v.contiguous() for (l, m), v in feats.items()}
-    tensors.update({
-        "sample/prompt": torch.tensor([int(s.group_id[1:]) for s in samples]),
-        "sample/length": lengths,
-        "sample/capped": capped.to(torch.uint8),
-        "prompt/split": torch.from_numpy(split),
-        "ckpt/sample": torch.tensor(ckpt_sample),
-        "ckpt/t": torch.tensor(ckpt_t),
-        "ckpt/pool": torch.stack(ckpt_pool),
-    })
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    save_file(tensors, str(out_dir / "data.safetensors"))
-    with open(out_dir / "prompts.jsonl", "w") as f:
-        for text, s in zip(texts, split):
-            f.write(json.dumps({"prompt": text, "split": SPLITS[s]}) + "\n")
+    tensors = {f"prompt/{layer}/{method}": v for (layer, method), v in feats.items()}
+    tensors.update(
+        {
+            "sample/prompt": torch.tensor([int(s.group_id[1:]) for s in samples]),
+            "sample/length": lengths,
+            "sample/capped": capped.to(torch.uint8),
+            "prompt/split": torch.from_numpy(split),
+            "ckpt/sample": torch.tensor(ckpt_sample),
+            "ckpt/t": torch.tensor(ckpt_t),
+            "ckpt/pool": torch.stack(ckpt_pool),
+        }
+    )
     card = {
-        "scenario": scenario, "model": model, "layers": list(layers), "plp_layer": plp_layer, "every": every,
-        "seed": seed, "quick": quick,
+        "scenario": scenario,
+        "model": model,
+        "layers": list(layers),
+        "plp_layer": plp_layer,
+        "every": every,
+        "seed": seed,
+        "quick": quick,
         "sampling": {"n": spec.n, "temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": max_new},
-        "counts": {"prompts": len(texts), "samples": len(samples), "checkpoints": len(ckpt_t),
-                   **{f"{name}_prompts": int((split == i).sum()) for i, name in enumerate(SPLITS)}},
-        "lengths": {"mean": float(lengths.float().mean()), "median": float(lengths.float().median()),
-                    "max": int(lengths.max()), "capped_fraction": float(capped.float().mean())},
+        "counts": {
+            "prompts": len(texts),
+            "samples": len(samples),
+            "checkpoints": len(ckpt_t),
+            **{f"{name}_prompts": int((split == i).sum()) for i, name in enumerate(SPLITS)},
+        },
+        "lengths": {
+            "mean": float(lengths.float().mean()),
+            "median": float(lengths.float().median()),
+            "max": int(lengths.max()),
+            "capped_fraction": float(capped.float().mean()),
+        },
         "hidden_size": policy.hidden_size,
         "build_time_s": round(time.time() - start, 1),
     }
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2))
-    print(f"[forelen] wrote {out_dir}: {len(samples)} samples, mean length {card['lengths']['mean']:.0f}, "
-          f"capped {card['lengths']['capped_fraction']:.0%}, {card['build_time_s']:.0f} s")
+    out_dir = save_dataset(out_dir, card, tensors, texts, split)
+    print(
+        f"[forelen] wrote {out_dir}: {len(samples)} samples, mean length {card['lengths']['mean']:.0f}, "
+        f"capped {card['lengths']['capped_fraction']:.0%}, {card['build_time_s']:.0f} s"
+    )
     return card

@@ -14,44 +14,18 @@ each checkpoint t of the test samples (`by_t`) and over all of them (`checkpoint
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
 from rollout_len.baselines.encoder import ENCODERS
-from rollout_len.predictor.egtp import POOLINGS
+from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset
 from rollout_len.predictor.plp import clamp_to_budget, plp_features
+from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
-__all__ = ["load_dataset", "evaluate_methods", "plp_curve", "METHODS"]
+__all__ = ["evaluate_methods", "plp_curve", "format_table", "METHODS"]
 
 METHODS = ("constant", *POOLINGS, "plp", *(m for m in BASELINES if m != "constant"))  # constant: the floor to beat
-_REQUIRED = ("sample/prompt", "sample/length", "sample/capped", "prompt/split", "ckpt/sample", "ckpt/t", "ckpt/pool")
-
-
-def load_dataset(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(card, tensors) of a built dataset; a missing or corrupt folder is a clear error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    for name in ("card.json", "data.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing: not a ForeLen-lite dataset (run `rollout-len forelen build`)")
-    try:
-        card = json.loads((folder / "card.json").read_text())
-        tensors = load_file(str(folder / "data.safetensors"))
-    except (json.JSONDecodeError, SafetensorError, OSError) as err:
-        raise ValueError(f"{folder}: corrupt dataset ({err})") from err
-    missing = [k for k in _REQUIRED if k not in tensors]
-    if missing:
-        raise ValueError(f"{folder}/data.safetensors lacks {missing}")
-    for key, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value.float()).all():
-            raise ValueError(f"{folder}/data.safetensors: {key} contains NaN/inf")
-    return card, tensors
 
 
 def _sample_split(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,11 +33,11 @@ def _sample_split(t: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _fit_and_test(x, y, split, config: FitConfig):
-    masks = [split == i for i in range(3)]
-    if any(int(m.sum()) == 0 for m in masks):
+    train, val, test = (split == i for i in (TRAIN, VAL, TEST))
+    if any(int(m.sum()) == 0 for m in (train, val, test)):
         raise ValueError("every split needs examples; the dataset is too small")
-    head = fit_head(x[masks[0]], y[masks[0]], x[masks[1]], y[masks[1]], config)
-    return head, head.predict(x[masks[2]])[0], y[masks[2]]
+    head = fit_head(x[train], y[train], x[val], y[val], config)
+    return head, head.predict(x[test])[0], y[test]
 
 
 def _prompt_only(card, t, method: str, layer: int, config: FitConfig) -> dict:
@@ -88,16 +62,23 @@ def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
 def _plp(card, t, config: FitConfig) -> tuple[dict, dict[int, dict], dict]:
     x, y, split, steps, budget_left = _plp_examples(card, t)
     head, _, _ = _fit_and_test(x, y, split, config)
-    test = split == 2
+    test = split == TEST
     mean, quantiles = head.predict(x[test])
     pred, _ = clamp_to_budget(mean, quantiles, budget_left[test])
-    by_t = {int(step): evaluate(pred[steps[test] == step], y[test][steps[test] == step])
-            for step in torch.unique(steps[test]).tolist()}
+    by_t = {
+        int(step): evaluate(pred[steps[test] == step], y[test][steps[test] == step])
+        for step in torch.unique(steps[test]).tolist()
+    }
     return by_t[0], by_t, evaluate(pred, y[test])
 
 
-def evaluate_methods(folders: list[str], methods: list[str], layer: int | None = None,
-                     config: FitConfig | None = None, encoder: str = "all-minilm-l6-v2") -> dict:
+def evaluate_methods(
+    folders: list[str],
+    methods: list[str],
+    layer: int | None = None,
+    config: FitConfig | None = None,
+    encoder: str = "all-minilm-l6-v2",
+) -> dict:
     """{scenario: {method: metrics}} plus {scenario: {"_card": ...}}; `encoder`: the baselines' proxy encoder."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -138,8 +119,10 @@ def format_table(results: dict) -> str:
         lengths = rows["_card"]["lengths"]
         measured = {k: v for k, v in rows.items() if not k.startswith("_") and "skipped" not in v}
         test_n = next(iter(measured.values()))["n"] if measured else 0
-        lines.append(f"{scenario} (layer {rows['_layer']}; test n={test_n}, "
-                     f"mean length {lengths['mean']:.0f}, capped {lengths['capped_fraction']:.0%})")
+        lines.append(
+            f"{scenario} (layer {rows['_layer']}; test n={test_n}, "
+            f"mean length {lengths['mean']:.0f}, capped {lengths['capped_fraction']:.0%})"
+        )
         lines.append(f"  {'method':9s} {'MAE':>7s} {'RMSE':>7s} {'±50':>6s} {'±100':>6s} {'tau':>6s}")
         for method, m in rows.items():
             if method.startswith("_"):
@@ -147,7 +130,10 @@ def format_table(results: dict) -> str:
             if "skipped" in m:
                 lines.append(f"  {method:9s} n/a: {m['skipped']}")
             else:
-                lines.append(f"  {method:9s} {m['mae']:7.1f} {m['rmse']:7.1f} {m['acc50']:6.2f} {m['acc100']:6.2f} {m['kendall_tau']:6.2f}")
+                lines.append(
+                    f"  {method:9s} {m['mae']:7.1f} {m['rmse']:7.1f} {m['acc50']:6.2f} {m['acc100']:6.2f} "
+                    f"{m['kendall_tau']:6.2f}"
+                )
         curves = {k: v for k, v in measured.items() if "by_t" in v}
         if curves:
             steps = [s for s in CURVE_STEPS if any(s in v["by_t"] for v in curves.values())]

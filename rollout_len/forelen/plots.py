@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display here
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rollout_len.forelen.evaluate import load_dataset  # noqa: E402
+from rollout_len.forelen.dataset import load_dataset  # noqa: E402
 
 __all__ = ["plot_lengths", "plot_plp_curve", "plot_attribution"]
 

@@ -24,21 +24,71 @@ class Scenario:
 
 SCENARIOS = {
     # Open-ended writing with diverse requested lengths: heavy-tailed outputs.
-    "longseq": Scenario("longseq", n=1, temperature=0.8, max_new_tokens=1024, num_prompts=240, quick_prompts=32, quick_max_new_tokens=48),
+    "longseq": Scenario(
+        "longseq", n=1, temperature=0.8, max_new_tokens=1024, num_prompts=240, quick_prompts=32, quick_max_new_tokens=48
+    ),
     # GSM8K chain of thought, one sample per prompt.
-    "reasoning": Scenario("reasoning", n=1, temperature=0.8, max_new_tokens=512, num_prompts=320, quick_prompts=32, quick_max_new_tokens=48),
+    "reasoning": Scenario(
+        "reasoning",
+        n=1,
+        temperature=0.8,
+        max_new_tokens=512,
+        num_prompts=320,
+        quick_prompts=32,
+        quick_max_new_tokens=48,
+    ),
     # The one-to-many RL case: GSM8K, n=8 at temperature 1.0.
-    "rl": Scenario("rl", n=8, temperature=1.0, max_new_tokens=512, num_prompts=64, quick_prompts=8, quick_max_new_tokens=48),
+    "rl": Scenario(
+        "rl", n=8, temperature=1.0, max_new_tokens=512, num_prompts=64, quick_prompts=8, quick_max_new_tokens=48
+    ),
 }
 
-_FORMS = ["story", "poem", "essay", "letter", "product description", "dialogue", "news report", "recipe",
-          "speech", "review", "blog post", "list of tips"]
-_TOPICS = ["the sea", "a lost key", "city gardens", "learning to cook", "a rainy Monday", "space travel",
-           "an old library", "friendship", "mountain hiking", "a small bakery", "the first snow", "robots at home",
-           "a train journey", "saving money", "a chess match", "night markets", "a broken phone", "bees",
-           "a school play", "moving house"]
-_LENGTHS = ["in one sentence", "in two sentences", "in about 50 words", "in about 100 words",
-            "in about 200 words", "in about 400 words", "in at least 600 words, in detail", "briefly"]
+_FORMS = [
+    "story",
+    "poem",
+    "essay",
+    "letter",
+    "product description",
+    "dialogue",
+    "news report",
+    "recipe",
+    "speech",
+    "review",
+    "blog post",
+    "list of tips",
+]
+_TOPICS = [
+    "the sea",
+    "a lost key",
+    "city gardens",
+    "learning to cook",
+    "a rainy Monday",
+    "space travel",
+    "an old library",
+    "friendship",
+    "mountain hiking",
+    "a small bakery",
+    "the first snow",
+    "robots at home",
+    "a train journey",
+    "saving money",
+    "a chess match",
+    "night markets",
+    "a broken phone",
+    "bees",
+    "a school play",
+    "moving house",
+]
+_LENGTHS = [
+    "in one sentence",
+    "in two sentences",
+    "in about 50 words",
+    "in about 100 words",
+    "in about 200 words",
+    "in about 400 words",
+    "in at least 600 words, in detail",
+    "briefly",
+]
 
 
 def longseq_prompts(count: int, seed: int = 0) -> list[str]:

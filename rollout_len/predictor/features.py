@@ -3,17 +3,21 @@
     feats = prompt_features(policy, [ids_a, ids_b], layers=(10, 20, 30), methods=("egtp", "mean"))
     feats[(30, "egtp")]   # (2, d)
 
-One forward per batch of prompts with `output_hidden_states`; entropies come from the final hidden
-states and the LM head through `linear_entropy` (no [T, V] tensor for long prompts).
+One forward per batch of prompts with `output_hidden_states`. The batch's prompt tokens are then packed
+(N = their total length): entropies come from the final hidden states and the LM head in one
+`linear_entropy` call (no [N, V] tensor for long prompts), and each (layer, pooling) is one
+`pool_packed` call (EGTP: `rollout_len.kernels.egtp_pool`).
 """
 
 from __future__ import annotations
+
+from itertools import accumulate
 
 import torch
 
 from rollout_len.kernels import linear_entropy
 from rollout_len.model import Policy, resolve_layer
-from rollout_len.predictor.egtp import pool
+from rollout_len.predictor.pooling import pool_packed
 
 __all__ = ["prompt_features"]
 
@@ -26,13 +30,17 @@ def prompt_features(
     methods: tuple[str, ...] = ("egtp",),
     batch_size: int = 8,
 ) -> dict[tuple[int, str], torch.Tensor]:
-    """Pooled prompt features {(layer, method): (N, d)}; layer L is the output of decoder layer L."""
+    """Pooled prompt features {(layer, method): (P, d)} of P prompts, float32; layer L is the output of
+    decoder layer L, `methods` name poolings of predictor/pooling.py (`egtp`, `mean`, `max`, `last`)."""
+    empty = [i for i, p in enumerate(prompts) if len(p) == 0]
+    if empty:
+        raise ValueError(f"prompts {empty[:5]} are empty; a prompt needs T >= 1 tokens")
     model = policy.model
     num_layers = policy.num_layers
-    resolved = [resolve_layer(l, num_layers) for l in layers]
+    resolved = [resolve_layer(layer, num_layers) for layer in layers]
     head = model.get_output_embeddings()
     device = next(model.parameters()).device
-    out: dict[tuple[int, str], list[torch.Tensor]] = {(l, m): [] for l in resolved for m in methods}
+    out: dict[tuple[int, str], list[torch.Tensor]] = {(layer, m): [] for layer in resolved for m in methods}
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
@@ -43,12 +51,11 @@ def prompt_features(
             mask[row, : len(p)] = 1
         result = model.get_decoder()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         # hidden_states[i]: output of decoder layer i (0 = embeddings); the last is final-normed.
-        final = result.last_hidden_state
-        for row, p in enumerate(chunk):
-            n = len(p)
-            entropy = linear_entropy(final[row, :n], head.weight, getattr(head, "bias", None))
-            for l in resolved:
-                hidden = result.hidden_states[l][row, :n]
-                for m in methods:
-                    out[(l, m)].append(pool(hidden, entropy, m))
-    return {key: torch.stack(rows) for key, rows in out.items()}
+        valid = mask.bool()  # (B, W); right padding, so [valid] packs row by row
+        cu_seqlens = torch.tensor([0, *accumulate(len(p) for p in chunk)])  # (B+1,)
+        entropy = linear_entropy(result.last_hidden_state[valid], head.weight, getattr(head, "bias", None))  # (N,)
+        for layer in resolved:
+            hidden = result.hidden_states[layer][valid]  # (N, d)
+            for m in methods:
+                out[(layer, m)].append(pool_packed(hidden, entropy, cu_seqlens, m))  # (B, d)
+    return {key: torch.cat(rows) for key, rows in out.items()}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 __all__ = ["LengthBins", "HeadConfig", "SoftLabelHead"]
@@ -45,7 +46,7 @@ class LengthBins:
         return (e[1:] + e[:-1]) / 2  # (K,)
 
     @classmethod
-    def from_quantiles(cls, lengths, num_bins: int = 20) -> "LengthBins":
+    def from_quantiles(cls, lengths, num_bins: int = 20) -> LengthBins:
         """Equal-mass bins from training lengths (repeated quantiles, e.g. at a length cap, are merged)."""
         y = _as_lengths(lengths)
         if len(y) < num_bins:
@@ -57,7 +58,7 @@ class LengthBins:
         return cls(tuple(float(x) for x in edges))
 
     @classmethod
-    def log_spaced(cls, max_length: float, num_bins: int = 20, min_length: float = 1.0) -> "LengthBins":
+    def log_spaced(cls, max_length: float, num_bins: int = 20, min_length: float = 1.0) -> LengthBins:
         if not (0 < min_length < max_length):
             raise ValueError(f"need 0 < min_length < max_length, got {min_length}, {max_length}")
         edges = np.geomspace(min_length, max_length + 1, num_bins + 1)
@@ -108,8 +109,11 @@ class SoftLabelHead(nn.Module):
         self.config, self.bins = config, bins
         hidden = config.hidden_dim or max(config.in_dim // 2, 8)
         self.net = nn.Sequential(
-            nn.Linear(config.in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU(),
-            nn.Dropout(config.dropout), nn.Linear(hidden, bins.num_bins),
+            nn.Linear(config.in_dim, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(hidden, bins.num_bins),
         )
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
         self.register_buffer("feature_std", torch.ones(config.in_dim))
@@ -158,7 +162,8 @@ class SoftLabelHead(nn.Module):
         cdf = torch.cat([torch.zeros(len(probs), 1), probs.cumsum(-1)], dim=1)  # (N, K+1)
         out = torch.empty(len(probs), len(quantiles))
         for col, q in enumerate(quantiles):
-            j = torch.searchsorted(cdf, torch.full((len(probs), 1), q), right=True)[:, 0].clamp(1, self.bins.num_bins) - 1
+            j = torch.searchsorted(cdf, torch.full((len(probs), 1), q), right=True)[:, 0]
+            j = j.clamp(1, self.bins.num_bins) - 1  # (N,) the bin holding quantile q
             lo, hi = cdf.gather(1, j[:, None])[:, 0], cdf.gather(1, (j + 1)[:, None])[:, 0]
             frac = ((q - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
             out[:, col] = edges[j] + frac * (edges[j + 1] - edges[j])
@@ -166,18 +171,19 @@ class SoftLabelHead(nn.Module):
 
     def to_state(self) -> dict:
         """Everything needed to rebuild the head elsewhere (e.g. sent to a rollout worker)."""
-        return {"config": asdict(self.config), "edges": list(self.bins.edges),
-                "tensors": {k: v.detach().clone() for k, v in self.state_dict().items()}}
+        return {
+            "config": asdict(self.config),
+            "edges": list(self.bins.edges),
+            "tensors": {k: v.detach().clone() for k, v in self.state_dict().items()},
+        }
 
     @classmethod
-    def from_state(cls, state: dict) -> "SoftLabelHead":
+    def from_state(cls, state: dict) -> SoftLabelHead:
         head = cls(HeadConfig(**state["config"]), LengthBins(tuple(state["edges"])))
         head.load_state_dict(state["tensors"])
         return head.eval()
 
     def save(self, folder: str | Path) -> None:
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "head.safetensors"))
@@ -185,9 +191,7 @@ class SoftLabelHead(nn.Module):
         (folder / "head.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path, expect_in_dim: int | None = None) -> "SoftLabelHead":
-        from safetensors.torch import load_file
-
+    def load(cls, folder: str | Path, expect_in_dim: int | None = None) -> SoftLabelHead:
         folder = Path(folder)
         for name in ("head.json", "head.safetensors"):
             if not (folder / name).is_file():
@@ -201,4 +205,3 @@ class SoftLabelHead(nn.Module):
         head = cls(config, LengthBins(tuple(meta["edges"])))
         head.load_state_dict(load_file(str(folder / "head.safetensors")))
         return head.eval()
-

@@ -10,10 +10,17 @@ never re-read). A SoftLabelHead over remaining-length bins maps z_t to a distrib
 At t = 0 the pool is zero and PLP is a prompt-only predictor, so one head serves admission and
 re-estimation.
 
-    tracker = PLPTracker(predictor)
-    tracker.start("s0", prompt_feature, max_new_tokens=512)   # after prefill
-    tracker.update(step.sample_ids, step.hidden, step.entropy)  # every decode step
-    mean, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))   # every k steps
+    tracker = PLPTracker(head, dim)
+    tracker.start("s0", prompt_feature, max_new_tokens=512, tokens_done=1)   # after prefill (1 token out)
+    tracker.update(step.sample_ids, step.hidden, step.entropy)              # every decode step
+    if is_checkpoint(tracker.tokens_done("s0"), k):                         # t = 0, k, 2k, ...
+        mean, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))
+
+t counts generated tokens: `start(..., tokens_done=t0)` sets t = t0 with an empty pool, and every `update`
+folds in one decode tap and adds 1. A decode step feeds the newest generated token and samples the next,
+so for a sample started right after its prefill (t0 = 1) t stays its output length and the pool holds
+the states of generated tokens 1 .. t-1, each weighted by the entropy of the distribution it produced
+(the newest token is not fed yet; the first was sampled from the prompt's last position, not pooled).
 """
 
 from __future__ import annotations
@@ -23,18 +30,21 @@ import torch
 from rollout_len.kernels import OnlinePoolState, online_pool_update
 from rollout_len.predictor.head import SoftLabelHead
 
-__all__ = ["plp_features", "clamp_to_budget", "PLPTracker", "checkpoint_steps"]
+__all__ = ["plp_features", "clamp_to_budget", "PLPTracker", "is_checkpoint", "checkpoint_steps"]
 
 
-def plp_features(prompt_feature: torch.Tensor, generated_pool: torch.Tensor, tokens_done: torch.Tensor,
-                 budget_left: torch.Tensor) -> torch.Tensor:
+def plp_features(
+    prompt_feature: torch.Tensor, generated_pool: torch.Tensor, tokens_done: torch.Tensor, budget_left: torch.Tensor
+) -> torch.Tensor:
     """z_t = [h_prompt, pool_t, log(t+1), log(b+1)] with b = max_new_tokens - t, the tokens still
     allowed (the remaining length can never exceed it).  (B, d), (B, d), (B,), (B,) -> (B, 2d + 2)"""
     side = torch.stack([torch.log1p(tokens_done.float()), torch.log1p(budget_left.float())], dim=1)
     return torch.cat([prompt_feature.float(), generated_pool.float(), side], dim=1)
 
 
-def clamp_to_budget(mean: torch.Tensor, quantiles: torch.Tensor, budget_left: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def clamp_to_budget(
+    mean: torch.Tensor, quantiles: torch.Tensor, budget_left: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A sample cannot run past its budget: cap predictions at the tokens still allowed."""
     b = budget_left.float()
     return torch.minimum(mean, b), torch.minimum(quantiles, b[:, None])
@@ -56,7 +66,9 @@ class PLPTracker:
     def set_head(self, head: SoftLabelHead | None) -> None:
         """Swap the head (None: track features only, e.g. before a first fit)."""
         if head is not None and head.config.in_dim != 2 * self.dim + 2:
-            raise ValueError(f"PLP head takes {head.config.in_dim}-dim features; hidden size {self.dim} needs {2 * self.dim + 2}")
+            raise ValueError(
+                f"PLP head takes {head.config.in_dim}-dim features; hidden size {self.dim} needs {2 * self.dim + 2}"
+            )
         self.head = head
 
     def __contains__(self, sample_id: str) -> bool:
@@ -73,8 +85,14 @@ class PLPTracker:
         self._budget = torch.cat([self._budget, torch.zeros(new - old, dtype=torch.long)])
         self._free += list(range(new - 1, old - 1, -1))
 
-    def start(self, sample_id: str, prompt_feature: torch.Tensor, max_new_tokens: int, state: dict | None = None,
-              tokens_done: int = 0) -> None:
+    def start(
+        self,
+        sample_id: str,
+        prompt_feature: torch.Tensor,
+        max_new_tokens: int,
+        state: dict | None = None,
+        tokens_done: int = 0,
+    ) -> None:
         """Track a sample from its prompt feature (d,); `state` resumes one exported by `export`;
         without it the pool starts empty at `tokens_done` tokens (e.g. the token sampled at prefill)."""
         if max_new_tokens < 1:
@@ -106,14 +124,23 @@ class PLPTracker:
         online_pool_update(self._pool, hidden[index].float().cpu(), entropy[index].float().cpu(), rows)
         self._tokens[rows] += 1
 
-    def features(self, sample_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """PLP features z_t (R, 2d + 2) of the listed samples now, and their budgets left (R,)."""
+    def _index(self, sample_ids: list[str]) -> torch.Tensor:
         missing = [sid for sid in sample_ids if sid not in self._rows]
         if missing:
             raise KeyError(f"samples not tracked: {missing[:5]}")
-        rows = torch.tensor([self._rows[sid] for sid in sample_ids], dtype=torch.long)
+        return torch.tensor([self._rows[sid] for sid in sample_ids], dtype=torch.long)  # (R,)
+
+    def pooled(self, sample_ids: list[str]) -> torch.Tensor:
+        """pool_t of the listed samples now: the entropy-softmax pool of their decode taps (R, d) float32;
+        zeros for a sample with none yet."""
+        return self._pool.pooled()[self._index(sample_ids)]
+
+    def features(self, sample_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """PLP features z_t (R, 2d + 2) of the listed samples now, and their budgets left (R,)."""
+        rows = self._index(sample_ids)
         budget_left = (self._budget[rows] - self._tokens[rows]).clamp_min(0)
-        return plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows], budget_left), budget_left
+        z = plp_features(self._prompt[rows], self._pool.pooled()[rows], self._tokens[rows], budget_left)
+        return z, budget_left
 
     @torch.no_grad()
     def predict(self, sample_ids: list[str], quantiles: tuple[float, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,20 +154,32 @@ class PLPTracker:
         """Remove a sample and return its pooling state (migrates with the sample)."""
         row = self._rows.pop(sample_id)
         self._free.append(row)
-        return {"m": float(self._pool.m[row]), "s": float(self._pool.s[row]), "acc": self._pool.acc[row].clone(),
-                "tokens": int(self._tokens[row]), "prompt": self._prompt[row].clone(),
-                "max_new_tokens": int(self._budget[row])}
+        return {
+            "m": float(self._pool.m[row]),
+            "s": float(self._pool.s[row]),
+            "acc": self._pool.acc[row].clone(),
+            "tokens": int(self._tokens[row]),
+            "prompt": self._prompt[row].clone(),
+            "max_new_tokens": int(self._budget[row]),
+        }
 
     def drop(self, sample_id: str) -> None:
         self.export(sample_id)
 
     def tokens_done(self, sample_id: str) -> int:
+        """t of a tracked sample: `tokens_done` (or the resumed state's) at `start`, plus one per `update`."""
         return int(self._tokens[self._rows[sample_id]])
 
 
-def checkpoint_steps(length: int, every: int) -> list[int]:
-    """Decode steps t = 0, k, 2k, ... < length at which PLP training examples are taken."""
+def is_checkpoint(tokens_done: int, every: int) -> bool:
+    """Whether PLP takes a checkpoint (a prediction, a training example) with t = tokens_done tokens
+    generated: at t = 0, k, 2k, ... for k = every."""
     if every < 1:
         raise ValueError(f"k (checkpoint interval) must be >= 1, got {every}")
-    return list(range(0, max(length, 1), every))
+    return tokens_done % every == 0
 
+
+def checkpoint_steps(length: int, every: int) -> list[int]:
+    """The checkpoints t < length (`is_checkpoint`) of a sample that generates `length` tokens; t = 0
+    always (nothing generated yet, a prompt-only prediction)."""
+    return [t for t in range(max(length, 1)) if is_checkpoint(t, every)]

@@ -1,11 +1,11 @@
 """Fitting and evaluating length heads: offline fit with validation selection, metrics, online re-fit.
 
-    head = fit_head(x_train, y_train, x_val, y_val, FitConfig(num_bins=20))
-    metrics = evaluate(head.predict(x_test)[0], y_test)   # {"mae", "rmse", "acc50", "acc100", "kendall_tau"}
+head = fit_head(x_train, y_train, x_val, y_val, FitConfig(num_bins=20))
+metrics = evaluate(head.predict(x_test)[0], y_test)   # {"mae", "rmse", "acc50", "acc100", "kendall_tau"}
 
-    trainer = OnlineTrainer(head, buffer_size=4096)
-    trainer.add(features_of_finished, true_lengths)       # free labels from finished samples
-    trainer.refit()                                        # a few epochs over the replay buffer
+trainer = OnlineTrainer(head, buffer_size=4096)
+trainer.add(features_of_finished, true_lengths)       # free labels from finished samples
+trainer.refit()                                        # a few epochs over the replay buffer
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def make_bins(y: torch.Tensor, config: FitConfig) -> LengthBins:
     raise ValueError(f"unknown bins {config.bins!r}; valid: ['log', 'quantile']")
 
 
-def _epoch(head: SoftLabelHead, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int, gen: torch.Generator) -> None:
+def _epoch(
+    head: SoftLabelHead, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, batch: int, gen: torch.Generator
+) -> None:
     head.train()
     order = torch.randperm(len(x), generator=gen)
     for start in range(0, len(x), batch):
@@ -68,7 +70,11 @@ def _epoch(head: SoftLabelHead, opt: torch.optim.Optimizer, x: torch.Tensor, y: 
 
 
 def fit_head(
-    x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, config: FitConfig | None = None
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: FitConfig | None = None,
 ) -> SoftLabelHead:
     """Train a SoftLabelHead; keep the epoch with the lowest validation MAE (early stopping)."""
     config = config or FitConfig()
@@ -130,8 +136,15 @@ class OnlineTrainer:
     whose lengths drift during RL. Bins stay fixed (the head's output layer is not resized).
     """
 
-    def __init__(self, head: SoftLabelHead, buffer_size: int = 4096, lr: float = 1e-3, epochs: int = 3,
-                 batch_size: int = 64, seed: int = 0):
+    def __init__(
+        self,
+        head: SoftLabelHead,
+        buffer_size: int = 4096,
+        lr: float = 1e-3,
+        epochs: int = 3,
+        batch_size: int = 64,
+        seed: int = 0,
+    ):
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.head = head

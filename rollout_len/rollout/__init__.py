@@ -1,9 +1,11 @@
-"""Length-aware rollout: workers, the bucket manager, scheduling policies, the simulator."""
+"""The live rollout: Ray (or in-process) workers that execute the scheduler's orders.
 
-from rollout_len.rollout.costmodel import CostModel
-from rollout_len.rollout.manager import BucketManager, PredictionQuality
-from rollout_len.rollout.policies import POLICIES, Policy, make_policy, register_policy
-from rollout_len.rollout.sim import load_trace, simulate
+    coordinator   Coordinator, RolloutConfig, StepResult: one rollout step over the workers
+    worker        RolloutWorker: a DecodeEngine + PLP tracker executing Orders
 
-__all__ = ["CostModel", "BucketManager", "PredictionQuality", "POLICIES", "Policy", "make_policy",
-           "register_policy", "load_trace", "simulate"]
+Deciding lives in rollout_len.sched; this package only executes.
+"""
+
+from rollout_len.rollout.coordinator import Coordinator, RolloutConfig, StepResult
+
+__all__ = ["Coordinator", "RolloutConfig", "StepResult"]

@@ -1,8 +1,10 @@
 """Coordinator: Ray rollout workers + the bucket manager + a policy = one GRPO/PPO rollout step.
 
     coord = Coordinator("smollm2-135m", RolloutConfig(num_workers=2, slots_per_worker=8))
-    result = coord.run_step(prompt_ids, n=8, params=SamplingParams(max_new_tokens=256), policy="length_aware")
-    result.groups        # per prompt, its n finished Samples (GRPO groups)
+    samples = expand_prompts(prompt_ids, n=8, params=SamplingParams(max_new_tokens=256), seed=step)
+    result = coord.run_step(samples, policy="length_aware")
+    result.samples       # the same samples, in the caller's order, finished
+    result.groups()      # {group id: its samples} (GRPO groups)
     result.metrics       # step time, padding, migrations, idle fraction, predictor MAE, overheads
     result.timeline      # per worker chunks and migrations (plot_timelines draws it)
     coord.update_weights(model.state_dict())   # after an optimizer step
@@ -19,25 +21,23 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
 from rollout_len.predictor.train import OnlineTrainer
-from rollout_len.rollout.costmodel import CostModel
-from rollout_len.rollout.driver import WorkerDied, drive
-from rollout_len.rollout.manager import BucketManager, PredictionQuality
-from rollout_len.rollout.messages import Orders
-from rollout_len.rollout.policies import POLICIES, make_policy
-from rollout_len.rollout.timeline import Timeline
 from rollout_len.rollout.worker import RolloutWorker
-from rollout_len.sample import Sample, SamplingParams
+from rollout_len.sample import Sample
+from rollout_len.sched.bucket_manager import BucketManager
+from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
+from rollout_len.sched.driver import WorkerDied, drive
+from rollout_len.sched.messages import Orders
+from rollout_len.sched.policies import POLICIES, make_policy
+from rollout_len.sched.predictions import PREDICTION_SOURCES, PredictionQuality
+from rollout_len.sched.timeline import Timeline
 
-__all__ = ["RolloutConfig", "Coordinator", "StepResult", "DEFAULT_COST_PROFILE"]
-
-DEFAULT_COST_PROFILE = Path(__file__).parent / "profiles" / "cpu-smollm2-135m.yaml"
+__all__ = ["RolloutConfig", "Coordinator", "StepResult"]
 
 
 @dataclass
@@ -67,15 +67,18 @@ class RolloutConfig:
 
 @dataclass
 class StepResult:
-    groups: list[list[Sample]]
+    samples: list[Sample]  # finished, in the order the caller gave them
     metrics: dict[str, float]
     timeline: Timeline
     policy: str
-    plans: list[dict] = field(default_factory=list)
+    plans: list[dict] = field(default_factory=list)  # the policy's plan comparisons, when it makes any
 
-    @property
-    def samples(self) -> list[Sample]:
-        return [s for g in self.groups for s in g]
+    def groups(self) -> dict[str, list[Sample]]:
+        """Samples by group id (a sample without one is its own group), in first-appearance order."""
+        out: dict[str, list[Sample]] = {}
+        for s in self.samples:
+            out.setdefault(s.group_id or s.sample_id, []).append(s)
+        return out
 
 
 class LocalCluster:
@@ -127,15 +130,24 @@ class Coordinator:
     def __init__(self, model: str = "smollm2-135m", config: RolloutConfig | None = None):
         self.model, self.config = model, config or RolloutConfig()
         c = self.config
-        if c.predictions not in ("model", "oracle", "noise"):
-            raise ValueError(f"RolloutConfig.predictions must be 'model', 'oracle' or 'noise', got {c.predictions!r}")
+        if c.predictions not in PREDICTION_SOURCES:
+            raise ValueError(
+                f"RolloutConfig.predictions must be one of {list(PREDICTION_SOURCES)}, got {c.predictions!r}"
+            )
         self.cost = CostModel.from_yaml(c.cost_profile or DEFAULT_COST_PROFILE)
         self.quality = PredictionQuality()
         self.head: SoftLabelHead | None = None
         self.trainer: OnlineTrainer | None = None
         self._head_state: dict | None = None
-        args = dict(model=model, slots=c.slots_per_worker, every=c.every, tap_layer=c.tap_layer,
-                    dtype=c.dtype, device=c.device, threads=c.threads_per_worker)
+        args = dict(
+            model=model,
+            slots=c.slots_per_worker,
+            every=c.every,
+            tap_layer=c.tap_layer,
+            dtype=c.dtype,
+            device=c.device,
+            threads=c.threads_per_worker,
+        )
         if c.use_ray:
             import ray
 
@@ -176,26 +188,49 @@ class Coordinator:
 
     # ------------------------------------------------------------------ one step
 
-    def run_step(self, prompts: list[list[int]], n: int, params: SamplingParams, policy: str = "length_aware",
-                 true_lengths: dict[str, int] | None = None, seed: int | None = None, on_report=None) -> StepResult:
-        """Generate n samples per prompt with the given policy; returns them grouped per prompt.
+    def run_step(
+        self,
+        samples: list[Sample],
+        policy: str = "length_aware",
+        true_lengths: dict[str, int] | None = None,
+        on_report=None,
+    ) -> StepResult:
+        """Generate the given samples with a policy; returns them finished, in the same order.
 
-        Sample ids are p{prompt}-{j} and their RNG comes from (seed, id), so two policies run on the
-        same prompts and seed draw the same random numbers (the comparison is like for like).
+        Each sample brings its identity (`sample_id`, unique in the step; `group_id`, its prompt's
+        group) and its seed; its RNG comes from (seed, sample id), so two policies run on the same
+        samples draw the same random numbers (the comparison is like for like). `true_lengths`
+        (sample id -> tokens) feeds the oracle. `on_report(coordinator, worker_id, report)` is called
+        after each chunk (fault drills, progress).
         """
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid: {sorted(POLICIES)}")
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n (samples per prompt) must be an int >= 1, got {n!r}")
-        if not prompts:
-            raise ValueError("run_step needs at least one prompt")
-        seed = self.config.seed + self.steps if seed is None else seed
-        samples = [Sample(f"p{i}-{j}", list(ids), params, seed=seed, group_id=f"p{i}")
-                   for i, ids in enumerate(prompts) for j in range(n)]
-        manager = BucketManager(make_policy(policy), len(self.workers), self.config.slots_per_worker, self.cost,
-                                quality=self.quality, predictions=self.config.predictions,
-                                true_lengths=true_lengths, head_state=self._head_state, seed=seed)
-        manager.submit(samples)
+        if not samples:
+            raise ValueError("run_step needs at least one sample")
+        bad = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
+        if bad:
+            raise TypeError(f"run_step takes rollout_len.sample.Sample objects, got {bad[0]}")
+        ids = [s.sample_id for s in samples]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ValueError(f"sample ids must be unique within a step; {dup!r} appears {ids.count(dup)} times")
+        started = [s.sample_id for s in samples if s.num_output or s.status.is_finished]
+        if started:
+            raise ValueError(f"samples must be fresh (no output, not finished): {started[:3]}")
+        work = [s.copy() for s in samples]  # the caller's objects are filled in only when the step succeeds
+        seed = self.config.seed + self.steps
+        manager = BucketManager(
+            make_policy(policy),
+            len(self.workers),
+            self.config.slots_per_worker,
+            self.cost,
+            quality=self.quality,
+            predictions=self.config.predictions,
+            true_lengths=true_lengths,
+            head_state=self._head_state,
+            seed=seed,
+        )
+        manager.submit(work)
         cluster = RayCluster(self.workers) if self.config.use_ray else LocalCluster(self.workers)
         if on_report is not None:
             cluster = _Observed(cluster, on_report, self)
@@ -207,11 +242,13 @@ class Coordinator:
             self.workers = [a for i, a in enumerate(self.workers) if i not in dead]
         refit_s = self._refit(manager) if self.config.online_refit and manager.predictions == "model" else 0.0
         self.steps += 1
-        by_id = {s.sample_id: s for s in manager.finished}
-        groups = [[by_id[f"p{i}-{j}"] for j in range(n)] for i in range(len(prompts))]
+        done = {s.sample_id: s for s in manager.finished}
+        for s in samples:
+            f = done[s.sample_id]
+            s.output_ids, s.logprobs, s.status, s.rng_state = f.output_ids, f.logprobs, f.status, None
         metrics = self._metrics(manager, timeline, wall, refit_s)
         plans = getattr(manager.policy, "plans", [])
-        return StepResult(groups, metrics, timeline, policy, plans)
+        return StepResult(list(samples), metrics, timeline, policy, plans)
 
     def _refit(self, manager: BucketManager) -> float:
         start = time.perf_counter()
@@ -221,11 +258,13 @@ class Coordinator:
         y = torch.cat([r for _, r in manager.training])
         if self.head is None:
             budget = max(t.sample.params.max_new_tokens for t in manager.samples.values())
-            self.head = SoftLabelHead(HeadConfig(in_dim=z.shape[1], hidden_dim=64, dropout=0.2),
-                                      LengthBins.log_spaced(budget, num_bins=20))
+            self.head = SoftLabelHead(
+                HeadConfig(in_dim=z.shape[1], hidden_dim=64, dropout=0.2), LengthBins.log_spaced(budget, num_bins=20)
+            )
             self.head.set_standardization(z)
-            self.trainer = OnlineTrainer(self.head, buffer_size=8192, lr=1e-3, epochs=self.config.refit_epochs,
-                                         seed=self.config.seed)
+            self.trainer = OnlineTrainer(
+                self.head, buffer_size=8192, lr=1e-3, epochs=self.config.refit_epochs, seed=self.config.seed
+            )
         self.trainer.add(z, y)
         self.trainer.refit()
         self._head_state = self.head.to_state()
@@ -233,7 +272,7 @@ class Coordinator:
 
     def _metrics(self, manager: BucketManager, timeline: Timeline, wall: float, refit_s: float) -> dict[str, float]:
         errors = []
-        for t in manager.samples.values():
+        for t in manager.samples.values():  # every prediction made in the step, scored on the true length
             for done, predicted in t.history:
                 errors.append(abs(predicted - (t.sample.num_output - done)))
         lengths = [s.num_output for s in manager.finished]

@@ -6,8 +6,10 @@ keeps it in-process. Each `run(orders)` applies the manager's orders and decodes
     exports -> prompt scoring -> admissions -> up to k decode steps -> PLP predictions -> Report
 
 PLP folds every decode step's tap-layer state and entropy into each sample's online pool (O(d));
-the head is evaluated once per chunk. Finished samples carry their PLP checkpoint features and
-true remaining lengths back, so the manager's side can re-fit the head online.
+the head is evaluated once per chunk. The worker keeps its samples: each Report carries only the
+tokens, log-probs and RNG state each sample gained since the previous one, and the final status of
+those that ended. Finished samples carry their PLP checkpoint features (t = 0, k, 2k, ...:
+`is_checkpoint`) and true remaining lengths back, so the coordinator can re-fit the head online.
 """
 
 from __future__ import annotations
@@ -20,15 +22,25 @@ from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.model import load_policy
 from rollout_len.predictor.features import prompt_features
 from rollout_len.predictor.head import SoftLabelHead
-from rollout_len.predictor.plp import PLPTracker, clamp_to_budget, plp_features
-from rollout_len.rollout.messages import Admission, Orders, Progress, Report
+from rollout_len.predictor.plp import PLPTracker, clamp_to_budget, is_checkpoint, plp_features
+from rollout_len.sample import Sample
+from rollout_len.sched.messages import Admission, Orders, Progress, PromptScore, Report
 
 __all__ = ["RolloutWorker"]
 
 
 class RolloutWorker:
-    def __init__(self, worker_id: int, model: str, slots: int, every: int = 16, tap_layer: int = -1,
-                 dtype: str = "float32", device: str = "cpu", threads: int | None = 1):
+    def __init__(
+        self,
+        worker_id: int,
+        model: str,
+        slots: int,
+        every: int = 16,
+        tap_layer: int = -1,
+        dtype: str = "float32",
+        device: str = "cpu",
+        threads: int | None = 1,
+    ):
         if slots < 1:
             raise ValueError(f"slots per worker must be >= 1, got {slots}")
         if every < 1:
@@ -38,12 +50,12 @@ class RolloutWorker:
         self.worker_id, self.every = worker_id, every
         self.policy = load_policy(model, dtype=dtype, device=device)
         self.tap_layer = tap_layer
-        self.engine = DecodeEngine(self.policy, EngineConfig(
-            max_batch_size=slots, tap_layer=tap_layer, tap_entropy=True, tap_prefill=False))
+        self.engine = DecodeEngine(
+            self.policy, EngineConfig(max_batch_size=slots, tap_layer=tap_layer, tap_entropy=True, tap_prefill=False)
+        )
         self.tracker = PLPTracker(None, self.policy.hidden_size)
         self._pending: dict[str, Admission] = {}  # added to the engine, not prefilled yet
-        self._features: dict[str, torch.Tensor] = {}  # sample -> its prompt feature
-        self._reported: dict[str, int] = {}  # sample -> output tokens already reported
+        self._reported: dict[str, int] = {}  # sample -> output tokens already reported (or held at admission)
         self._checkpoints: dict[str, list[tuple[int, torch.Tensor]]] = {}  # sample -> [(t, z_t)]
 
     def ping(self) -> int:
@@ -60,7 +72,10 @@ class RolloutWorker:
         missing, unexpected = self.policy.model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
         if missing or unexpected:
-            raise ValueError(f"worker {self.worker_id}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise ValueError(
+                f"worker {self.worker_id}: weights do not match the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
 
     @torch.no_grad()
     def logits(self, prompt_ids: list[int]) -> torch.Tensor:
@@ -76,10 +91,10 @@ class RolloutWorker:
             self.engine.config.static_batching = orders.static_batches
         for sid in orders.export:
             sample = self.engine.export(sid)
-            state = self.tracker.export(sid) if sid in self.tracker else None
-            feature = self._pending.pop(sid).prompt_feature if sid in self._pending else self._features.pop(sid, None)
-            report.exported.append(Admission(sample, feature, state))
-            self._reported.pop(sid, None), self._checkpoints.pop(sid, None)
+            self._report_progress(sample, report, sample.rng_state)
+            report.exported[sid] = self.tracker.export(sid) if sid in self.tracker else None
+            self._pending.pop(sid, None)
+            self._checkpoints.pop(sid, None)
         if orders.score:
             plp_start = time.perf_counter()
             self._score(orders.score, report)
@@ -102,10 +117,9 @@ class RolloutWorker:
             for sid in out.sample_ids[nd:]:  # prefilled this step: start tracking
                 adm = self._pending.pop(sid)
                 if adm.prompt_feature is not None:
-                    self._features[sid] = adm.prompt_feature
-                    self.tracker.start(sid, adm.prompt_feature, adm.sample.params.max_new_tokens,
-                                       state=adm.plp_state, tokens_done=adm.sample.num_output)
-            self._checkpoint(out.sample_ids)
+                    self._start_tracking(adm)
+            ended = {sample.sample_id for sample in out.finished}
+            self._checkpoint([sid for sid in out.sample_ids if sid not in ended])
             for sample in out.finished:
                 self._finished(sample, report)
             report.plp_s += time.perf_counter() - plp_start
@@ -117,29 +131,46 @@ class RolloutWorker:
         report.busy_s = time.perf_counter() - start
         return report
 
-    def _score(self, score: list[tuple[str, list[int], int]], report: Report) -> None:
-        feats = prompt_features(self.policy, [ids for _, ids, _ in score], layers=(self.tap_layer,), methods=("egtp",))
-        (feature,) = feats.values()
+    def _score(self, score: list[PromptScore], report: Report) -> None:
+        feats = prompt_features(self.policy, [p.prompt_ids for p in score], layers=(self.tap_layer,), methods=("egtp",))
+        (feature,) = feats.values()  # (P, d)
         predicted = [None] * len(score)
         if self.tracker.head is not None:
-            budget = torch.tensor([b for _, _, b in score])
+            budget = torch.tensor([p.max_new_tokens for p in score])
             z = plp_features(feature, torch.zeros_like(feature), torch.zeros(len(score)), budget)
             mean, _ = clamp_to_budget(*self.tracker.head.predict(z), budget)
             predicted = mean.tolist()
-        for (group, _, _), f, p in zip(score, feature, predicted):
-            report.scores[group] = (f.clone(), p)
+        for p, f, m in zip(score, feature, predicted):
+            report.scores[p.key] = (f.clone(), m)
+
+    def _start_tracking(self, adm: Admission) -> None:
+        """Track a just-prefilled sample; a fresh one also gets its t = 0 checkpoint (prompt only)."""
+        sample = adm.sample
+        sid = sample.sample_id
+        self.tracker.start(
+            sid, adm.prompt_feature, sample.params.max_new_tokens, state=adm.plp_state, tokens_done=sample.num_output
+        )
+        if adm.plp_state is None and self._reported[sid] == 0:  # nothing generated before this admission
+            budget = torch.tensor([sample.params.max_new_tokens])
+            z = plp_features(adm.prompt_feature[None], torch.zeros(1, self.policy.hidden_size), torch.zeros(1), budget)
+            self._checkpoints[sid] = [(0, z[0])]
 
     def _checkpoint(self, sample_ids: list[str]) -> None:
-        """Keep z_t at t = 0, k, 2k, ... for each tracked sample: training examples once it ends."""
-        due = [sid for sid in sample_ids if sid in self.tracker and self.tracker.tokens_done(sid) % self.every == 1]
+        """Keep z_t at t = k, 2k, ... (t = tokens generated) for each tracked running sample."""
+        due = [
+            sid
+            for sid in sample_ids
+            if sid in self.tracker and is_checkpoint(self.tracker.tokens_done(sid), self.every)
+        ]
         if due:
             z, _ = self.tracker.features(due)
             for sid, row in zip(due, z):
                 self._checkpoints.setdefault(sid, []).append((self.tracker.tokens_done(sid), row.clone()))
 
-    def _finished(self, sample, report: Report) -> None:
+    def _finished(self, sample: Sample, report: Report) -> None:
         sid = sample.sample_id
-        report.finished.append(sample)
+        self._report_progress(sample, report, None)
+        report.finished[sid] = sample.status
         points = self._checkpoints.pop(sid, [])
         if points:
             z = torch.stack([row for _, row in points])
@@ -147,18 +178,22 @@ class RolloutWorker:
             report.training.append((z, remaining))
         if sid in self.tracker:
             self.tracker.drop(sid)
-        self._features.pop(sid, None), self._reported.pop(sid, None)
+        self._reported.pop(sid, None)
+
+    def _report_progress(self, sample: Sample, report: Report, rng_state, predicted: float | None = None) -> None:
+        """The tokens and log-probs a sample gained since the last report."""
+        start = self._reported.get(sample.sample_id, 0)
+        report.progress[sample.sample_id] = Progress(
+            sample.output_ids[start:], sample.logprobs[start:], rng_state, predicted
+        )
+        self._reported[sample.sample_id] = sample.num_output
 
     def _progress(self, report: Report) -> None:
         running = self.engine.running()
         tracked = [s.sample_id for s, _ in running if s.sample_id in self.tracker]
         predicted = {}
         if tracked and self.tracker.head is not None:
-            mean, q = self.tracker.predict(tracked, quantiles=(0.9,))
-            predicted = {sid: (float(m), float(x)) for sid, m, x in zip(tracked, mean, q[:, 0])}
+            mean, _ = self.tracker.predict(tracked)
+            predicted = dict(zip(tracked, mean.tolist()))
         for sample, rng_state in running:
-            sid = sample.sample_id
-            start = self._reported.get(sid, 0)
-            mean, q90 = predicted.get(sid, (None, None))
-            report.progress[sid] = Progress(sample.output_ids[start:], sample.logprobs[start:], rng_state, mean, q90)
-            self._reported[sid] = sample.num_output
+            self._report_progress(sample, report, rng_state, predicted.get(sample.sample_id))

@@ -1,12 +1,12 @@
 """rollout_len inside verl: LengthAwareRollout generates a PPO/GRPO trainer's rollouts. See docs/verl.md.
 
-    trainer.use_v1=false
-    actor_rollout_ref.rollout.name=length_aware
-    actor_rollout_ref.rollout.tensor_model_parallel_size=1
-    +actor_rollout_ref.rollout.agent.agent_loop_manager_class=rollout_len.verl.LengthAwareRollout
+trainer.use_v1=false
+actor_rollout_ref.rollout.name=length_aware
+actor_rollout_ref.rollout.tensor_model_parallel_size=1
++actor_rollout_ref.rollout.agent.agent_loop_manager_class=rollout_len.verl.LengthAwareRollout
 """
 
+from rollout_len.verl.agent_loop import POLICY_KEY, RESULT_KEY, SEED_KEY, LengthAwareRollout
 from rollout_len.verl.backend import ROLLOUT_NAME
-from rollout_len.verl.manager import LengthAwareRollout
 
-__all__ = ["LengthAwareRollout", "ROLLOUT_NAME"]
+__all__ = ["LengthAwareRollout", "ROLLOUT_NAME", "SEED_KEY", "POLICY_KEY", "RESULT_KEY"]

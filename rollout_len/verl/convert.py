@@ -1,12 +1,13 @@
 """Conversion between verl's generation batch (DataProto) and rollout_len samples.
 
 In: verl's trainer hands over a batch whose rows are chat prompts (`raw_prompt`, as verl's
-RLHFDataset builds them) with a `uid` per prompt, each prompt repeated n times in a row
-(`DataProto.repeat(n, interleave=True)`). Prompts are tokenized by verl's own Continuous Token
-builder, the tokenizer path of verl's single-turn agent loop, so the token ids are the ones verl
-would send to vLLM.
+RLHFDataset builds them) with a `uid` per row: verl's GRPO group (`DataProto.repeat(n)` copies a
+prompt's uid to its n rows). Each row becomes one Sample, in row order: its id is the row
+("0", "1", ...), its group its uid, its prompt its own `raw_prompt`, tokenized by verl's own
+Continuous Token builder (the tokenizer path of verl's single-turn agent loop), so the token ids are
+the ones verl would send to vLLM. Nothing is inferred from neighbouring rows.
 
-Out: the fields of verl's agent loop output, with its layout and dtypes:
+Out: row r of verl's agent-loop fields comes from samples[r], with verl's layout and dtypes:
     prompts            (B, prompt_length)   int64, left-padded with the pad id
     responses          (B, response_length) int64, right-padded with the pad id
     response_mask      (B, response_length) int64, 1 on generated tokens
@@ -21,7 +22,7 @@ and non-tensor fields `__num_turns__` (2: one user turn, one assistant turn) and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
 
 import numpy as np
 import torch
@@ -31,49 +32,9 @@ from verl.utils.model import compute_position_id_with_mask
 
 from rollout_len.sample import Sample, SamplingParams
 
-__all__ = [
-    "RolloutRequest",
-    "group_size",
-    "encode_prompts",
-    "sampling_params",
-    "rollout_request",
-    "to_data_proto",
-    "attach_rewards",
-]
+__all__ = ["encode_prompts", "sampling_params", "to_samples", "to_data_proto", "attach_rewards"]
 
 NUM_TURNS = 2  # single turn: the user's prompt and the assistant's response
-
-
-@dataclass
-class RolloutRequest:
-    """What to generate for one verl batch. Rows are prompt-major: row r is sample r % n of prompt r // n."""
-
-    prompts: list[list[int]]  # token ids, one per prompt
-    n: int  # samples per prompt
-    params: SamplingParams
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.prompts) * self.n
-
-    def row_prompt(self, row: int) -> list[int]:
-        return self.prompts[row // self.n]
-
-
-def group_size(uids: np.ndarray | None) -> int:
-    """n, the length of the runs of equal uid in a batch that verl repeated with interleave=True.
-
-    Runs of unequal length (verl pads validation batches with copies of the first rows) give 1:
-    every row is then its own prompt with one sample, which is correct, only less shared.
-    """
-    if uids is None or len(uids) == 0:
-        return 1
-    runs, start = [], 0
-    for row in range(1, len(uids) + 1):
-        if row == len(uids) or uids[row] != uids[start]:
-            runs.append(row - start)
-            start = row
-    return runs[0] if len(set(runs)) == 1 else 1
 
 
 def _text_messages(messages: object, row: int) -> list[dict]:
@@ -92,21 +53,32 @@ def _text_messages(messages: object, row: int) -> list[dict]:
 
 
 def encode_prompts(raw_prompts: list, token_builder, prompt_length: int) -> list[list[int]]:
-    """Token ids of each chat prompt, through verl's Continuous Token builder (assistant turn opened).
+    """Token ids of each row's chat prompt, through verl's Continuous Token builder (assistant turn opened).
 
-    A prompt over `prompt_length` tokens raises ValueError (verl's agent loop would silently cut
-    its beginning off).
+    Args:
+        raw_prompts: one list of chat messages ({"role", "content": str}) per row.
+        token_builder: verl's builder (`create_continuous_token_builder`); identical messages are
+            tokenized once.
+        prompt_length: the most tokens a prompt may have (`actor_rollout_ref.rollout.prompt_length`).
+
+    Returns one list of token ids per row, in row order. Raises ValueError for a row that is not a
+    list of text messages, and for a prompt over `prompt_length` tokens (verl's agent loop would
+    silently cut its beginning off).
     """
-    encoded = []
+    encoded, cache = [], {}
     for row, messages in enumerate(raw_prompts):
-        ids = list(token_builder.build_initial_tokens(_text_messages(messages, row)))
+        messages = _text_messages(messages, row)
+        key = json.dumps(messages, sort_keys=True, default=repr)
+        if key not in cache:
+            cache[key] = list(token_builder.build_initial_tokens(messages))
+        ids = cache[key]
         if len(ids) > prompt_length:
             raise ValueError(
-                f"prompt {row} has {len(ids)} tokens, more than actor_rollout_ref.rollout.prompt_length="
+                f"prompt of row {row} has {len(ids)} tokens, more than actor_rollout_ref.rollout.prompt_length="
                 f"{prompt_length} (set from data.max_prompt_length): raise data.max_prompt_length or set "
                 "data.filter_overlong_prompts=true so verl's dataset drops such prompts"
             )
-        encoded.append(ids)
+        encoded.append(list(ids))
     return encoded
 
 
@@ -123,8 +95,20 @@ def sampling_params(rollout, validate: bool = False) -> SamplingParams:
     )
 
 
-def rollout_request(batch: DataProto, token_builder, rollout) -> RolloutRequest:
-    """The prompts, n and sampling parameters of a verl generation batch."""
+def to_samples(batch: DataProto, token_builder, rollout, seed: int) -> list[Sample]:
+    """One fresh Sample per row of a verl generation batch, in row order.
+
+    Args:
+        batch: verl's generation batch; reads `raw_prompt` (chat messages per row), `uid` (optional:
+            without it every row is its own group) and meta_info["validate"] (True: `rollout.val_kwargs`).
+        token_builder: verl's Continuous Token builder for the policy's tokenizer.
+        rollout: verl's `actor_rollout_ref.rollout` config (prompt_length, response_length, sampling).
+        seed: the call's seed; a sample's random numbers come from (seed, sample id).
+
+    Returns samples with `sample_id` = the row index as a string, `group_id` = the row's uid (None
+    without a uid column). Raises ValueError for a batch without `raw_prompt`, REMAX batches, and
+    what `encode_prompts` refuses.
+    """
     if "raw_prompt" not in batch.non_tensor_batch:
         raise ValueError(
             "the batch has no 'raw_prompt': LengthAwareRollout reads chat prompts as verl's RLHFDataset makes them"
@@ -134,29 +118,31 @@ def rollout_request(batch: DataProto, token_builder, rollout) -> RolloutRequest:
             "algorithm.adv_estimator=remax mixes sampled and greedy rows in one batch, which LengthAwareRollout "
             "does not support; use grpo (or another estimator without a greedy baseline)"
         )
-    n = group_size(batch.non_tensor_batch.get("uid"))
-    raw_prompts = batch.non_tensor_batch["raw_prompt"]
-    prompts = encode_prompts(list(raw_prompts[::n]), token_builder, int(rollout.prompt_length))
-    return RolloutRequest(prompts, n, sampling_params(rollout, bool(batch.meta_info.get("validate", False))))
+    prompts = encode_prompts(list(batch.non_tensor_batch["raw_prompt"]), token_builder, int(rollout.prompt_length))
+    uids = batch.non_tensor_batch.get("uid")
+    params = sampling_params(rollout, bool(batch.meta_info.get("validate", False)))
+    return [
+        Sample(str(row), prompt, params, seed=seed, group_id=None if uids is None else str(uids[row]))
+        for row, prompt in enumerate(prompts)
+    ]
 
 
-def to_data_proto(
-    request: RolloutRequest, groups: list[list[Sample]], prompt_length: int, response_length: int, pad_token_id: int
-) -> DataProto:
-    """verl's rollout fields from finished samples: `groups[i][j]` is sample j of `request.prompts[i]`."""
-    if len(groups) != len(request.prompts) or any(len(group) != request.n for group in groups):
-        raise ValueError(
-            f"expected {len(request.prompts)} groups of {request.n} samples, got sizes {[len(g) for g in groups]}"
-        )
-    rows = request.num_rows
+def to_data_proto(samples: list[Sample], prompt_length: int, response_length: int, pad_token_id: int) -> DataProto:
+    """verl's rollout fields from finished samples: row r from samples[r] (its own prompt and response).
+
+    Raises ValueError for no samples, an unfinished sample, a response of 0 or more than
+    `response_length` tokens (or log-probs that do not match it), and a prompt over `prompt_length`.
+    """
+    if not samples:
+        raise ValueError("to_data_proto needs at least one sample")
+    rows = len(samples)
     prompts = torch.full((rows, prompt_length), pad_token_id, dtype=torch.int64)
     prompt_mask = torch.zeros((rows, prompt_length), dtype=torch.int64)
     responses = torch.full((rows, response_length), pad_token_id, dtype=torch.int64)
     response_mask = torch.zeros((rows, response_length), dtype=torch.int64)
     log_probs = torch.zeros((rows, response_length), dtype=torch.float32)
-    for row in range(rows):
-        sample = groups[row // request.n][row % request.n]
-        prompt = request.row_prompt(row)
+    for row, sample in enumerate(samples):
+        prompt = sample.prompt_ids
         if not sample.status.is_finished:
             raise ValueError(f"sample {sample.sample_id!r} is not finished ({sample.status.name})")
         if not 0 < sample.num_output <= response_length or len(sample.logprobs) != sample.num_output:

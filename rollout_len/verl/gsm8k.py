@@ -2,6 +2,8 @@
 
     python -m rollout_len.verl.gsm8k DIR      # writes DIR/train.parquet and DIR/test.parquet
 
+`gsm8k_batch` builds the same records straight into a verl generation batch (recipes/grpo_demo).
+
 Columns, as verl's reward code expects them: `data_source` ("openai/gsm8k", which selects verl's
 GSM8K checker), `prompt` (chat messages), `ability`, `reward_model` ({"style": "rule",
 "ground_truth": the final number}) and `extra_info` ({"split", "index", "question", "answer"}).
@@ -15,9 +17,11 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
+
 from rollout_len.data import GSM8K_INSTRUCTION
 
-__all__ = ["DATA_SOURCE", "final_answer", "gsm8k_records", "write_gsm8k_parquet"]
+__all__ = ["DATA_SOURCE", "final_answer", "gsm8k_records", "write_gsm8k_parquet", "gsm8k_batch"]
 
 DATA_SOURCE = "openai/gsm8k"
 
@@ -52,6 +56,42 @@ def write_gsm8k_parquet(rows: list[dict], path: str | Path, split: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(gsm8k_records(rows, split)).to_parquet(path)
     return path
+
+
+def gsm8k_batch(rows: list[dict], n: int, uid_prefix: str = ""):
+    """A verl generation batch (DataProto) of GSM8K problems, each repeated n times in a row, as verl's trainer
+    repeats prompts (`DataProto.repeat(n, interleave=True)`).
+
+    Args:
+        rows: GSM8K rows ({"question", "answer"}), P of them.
+        n: samples per problem (the GRPO group size), >= 1.
+        uid_prefix: prepended to each problem's uid, `{uid_prefix}prompt{i}` (e.g. the step, so uids
+            differ between steps).
+
+    Returns P * n rows with non-tensor fields `raw_prompt` (chat messages), `data_source`,
+    `reward_model` ({"ground_truth", ...}) and `uid` (shared by the n rows of a problem). Raises
+    ValueError for n < 1, no rows, or an answer without a final '#### <number>'.
+    """
+    from verl import DataProto
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (samples per problem) must be an int >= 1, got {n!r}")
+    if not rows:
+        raise ValueError("gsm8k_batch needs at least one GSM8K row")
+    records = gsm8k_records(rows, "test")
+
+    def column(values) -> np.ndarray:
+        return np.fromiter(values, dtype=object, count=len(records))
+
+    batch = DataProto.from_single_dict(
+        {
+            "raw_prompt": column(r["prompt"] for r in records),
+            "data_source": column(r["data_source"] for r in records),
+            "reward_model": column(r["reward_model"] for r in records),
+            "uid": column(f"{uid_prefix}prompt{i}" for i in range(len(records))),
+        }
+    )
+    return batch.repeat(repeat_times=n, interleave=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,11 +46,21 @@ def _hand_data(lengths, prompts, split, every=10, budget=100):
     sample_prompt = torch.tensor(prompts)
     lengths = torch.tensor(lengths)
     ckpt = [(s, t) for s, length in enumerate(lengths.tolist()) for t in range(0, length, every)]
-    tensors = {"sample/prompt": sample_prompt, "sample/length": lengths, "prompt/split": torch.tensor(split),
-               "ckpt/sample": torch.tensor([s for s, _ in ckpt]), "ckpt/t": torch.tensor([t for _, t in ckpt]),
-               "ckpt/pool": torch.zeros(len(ckpt), 4)}
-    card = {"scenario": "hand", "model": "none", "layers": [1], "plp_layer": 1,
-            "sampling": {"n": int(torch.bincount(sample_prompt).max()), "max_new_tokens": budget}}
+    tensors = {
+        "sample/prompt": sample_prompt,
+        "sample/length": lengths,
+        "prompt/split": torch.tensor(split),
+        "ckpt/sample": torch.tensor([s for s, _ in ckpt]),
+        "ckpt/t": torch.tensor([t for _, t in ckpt]),
+        "ckpt/pool": torch.zeros(len(ckpt), 4),
+    }
+    card = {
+        "scenario": "hand",
+        "model": "none",
+        "layers": [1],
+        "plp_layer": 1,
+        "sampling": {"n": int(torch.bincount(sample_prompt).max()), "max_new_tokens": budget},
+    }
     return ForeLenData(card, tensors)
 
 
@@ -90,8 +100,14 @@ def test_rl_native_methods_need_groups(synthetic, tiny_rl):
     data = synthetic(n=1)
     for name in ("history", "siblings"):
         assert "n=1" in _run(name, data)["skipped"]
-    results = {"synthetic": {"_card": {"lengths": {"mean": 1.0, "capped_fraction": 0.0}}, "_layer": 2,
-                             "constant": _run("constant", data), "history": _run("history", data)}}
+    results = {
+        "synthetic": {
+            "_card": {"lengths": {"mean": 1.0, "capped_fraction": 0.0}},
+            "_layer": 2,
+            "constant": _run("constant", data),
+            "history": _run("history", data),
+        }
+    }
     table = format_table(results)
     assert "history   n/a: history needs several samples per prompt" in table
     assert "remaining-length MAE" in table
@@ -127,7 +143,9 @@ def test_pia_parses_and_calibrates(synthetic, monkeypatch):
     # The "policy" states half its mean length in words, except for two test prompts and every tenth
     # prompt, whose answers hold no number.
     silent = set(test_prompts[:2]) | set(range(0, len(mean), 10))
-    answers = [f"Roughly {int(m / 2)} words." if p not in silent else "I cannot say." for p, m in enumerate(mean.tolist())]
+    answers = [
+        f"Roughly {int(m / 2)} words." if p not in silent else "I cannot say." for p, m in enumerate(mean.tolist())
+    ]
     monkeypatch.setattr("rollout_len.baselines.pia.ask_for_length", lambda policy, prompts: answers)
     result = _run("pia", data)
     assert result["selected"]["scale"] == "train median ratio"
@@ -142,7 +160,7 @@ def test_bad_prompts_file_is_a_clear_error(tiny_rl, tmp_path):
     lines = (tiny_rl / "prompts.jsonl").read_text().splitlines()
     (tmp_path / "prompts.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(ValueError, match="has 7 prompts, data.safetensors has 8"):
-        ForeLenData.load(tmp_path).prompts
+        _ = ForeLenData.load(tmp_path).prompts
     (tmp_path / "prompts.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="prompts.jsonl is missing"):
-        ForeLenData.load(tmp_path).prompts
+        _ = ForeLenData.load(tmp_path).prompts

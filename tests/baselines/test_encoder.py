@@ -24,8 +24,13 @@ def test_bad_encoder_input():
 @pytest.mark.embedded
 def test_minilm_loads_offline_and_embeds_meaningfully():
     encoder = load_encoder("all-minilm-l6-v2")
-    emb = encoder.encode(["Write a short poem about the sea.", "Compose a brief poem about the ocean.",
-                          "Tom has 3 apples and buys 5 more. How many apples does he have?"])
+    emb = encoder.encode(
+        [
+            "Write a short poem about the sea.",
+            "Compose a brief poem about the ocean.",
+            "Tom has 3 apples and buys 5 more. How many apples does he have?",
+        ]
+    )
     assert emb.shape == (3, 384) and encoder.dim == 384
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
     similar, unrelated = float(emb[0] @ emb[1]), float(emb[0] @ emb[2])

@@ -16,8 +16,23 @@ PROGRESSIVE = {"constant", "plp", "trail", "tpv", "siblings"}
 def test_eval_all_runs_every_method_end_to_end(tiny_rl, tmp_path, capsys):
     assert set(BASELINES) < set(METHODS)
     out = tmp_path / "eval.json"
-    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "all", "--encoder", "tiny-bert",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "forelen",
+                "eval",
+                "--data",
+                str(tiny_rl),
+                "--methods",
+                "all",
+                "--encoder",
+                "tiny-bert",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())["rl"]
     assert list(rows) == list(METHODS)
     prompts = [json.loads(line) for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]

@@ -2,10 +2,16 @@ import json
 
 import pytest
 import torch
+from helpers import mixed_prompts, tiny
 from safetensors.torch import load_file
 
-from rollout_len.forelen.build import build, split_prompts
-from rollout_len.forelen.evaluate import METHODS, evaluate_methods, load_dataset, plp_curve
+from rollout_len.engine import DecodeEngine, EngineConfig
+from rollout_len.forelen.build import _generate, build, split_prompts
+from rollout_len.forelen.dataset import load_dataset
+from rollout_len.forelen.evaluate import METHODS, evaluate_methods, plp_curve
+from rollout_len.predictor.plp import checkpoint_steps
+from rollout_len.predictor.pooling import pool
+from rollout_len.sample import Sample, SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +36,42 @@ def test_build_writes_a_consistent_dataset(tiny_rl):
     prompts = [json.loads(line) for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]
     assert {p["split"] for p in prompts} == {"train", "val", "test"}
     assert t["prompt/2/egtp"].shape == (8, 64)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_checkpoints_pool_the_decode_taps_before_t(every):
+    """Checkpoints at t = 0, k, 2k, ... < length (t: tokens generated). pool_t is zero at t = 0 and at
+    t = 1 (only the prefill's token out); after that it is EGTP over the tap-layer states of generated
+    tokens 1 .. t-1, fed by t-1 decode steps, each weighted by the entropy of the distribution it
+    produced. Reference: the same samples decoded again, their decode taps pooled from scratch."""
+    policy, layer, n = tiny("llama"), 2, 3
+    prompts, params = mixed_prompts(3, seed=1), SamplingParams(temperature=1.0, max_new_tokens=24)
+    feature = torch.zeros(len(prompts), policy.hidden_size)
+    samples, checkpoints = _generate(policy, prompts, feature, n, params, 0, layer, every, max_batch_size=4)
+
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=9, tap_layer=layer, tap_entropy=True))
+    again = [Sample(s.sample_id, s.prompt_ids, params, seed=0, group_id=s.group_id) for s in samples]
+    taps: dict[str, list] = {s.sample_id: [] for s in again}
+    for s in again:
+        engine.add(s)
+    while engine.has_unfinished():
+        out = engine.step()
+        for row, sid in enumerate(out.sample_ids[: out.num_decode_rows]):
+            taps[sid].append((out.hidden[row], out.entropy[row]))
+    assert [s.output_ids for s in again] == [s.output_ids for s in samples]
+
+    for i, s in enumerate(samples):
+        mine = [(t, pooled) for j, t, pooled in checkpoints if j == i]
+        assert [t for t, _ in mine] == checkpoint_steps(s.num_output, every)
+        for t, pooled in mine:
+            assert pooled.dtype == torch.float16 and pooled.shape == (policy.hidden_size,)
+            fed = taps[s.sample_id][: max(t - 1, 0)]  # tokens 1 .. t-1
+            expected = (
+                pool(torch.stack([h for h, _ in fed]), torch.stack([e for _, e in fed]))
+                if fed
+                else torch.zeros(policy.hidden_size)
+            )
+            torch.testing.assert_close(pooled.float(), expected, atol=2e-3, rtol=2e-3)
 
 
 def test_eval_reports_every_method(tiny_rl):

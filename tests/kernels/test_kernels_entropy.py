@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from rollout_len.kernels import linear_entropy
 from rollout_len.kernels import entropy as entropy_mod
+from rollout_len.kernels import linear_entropy, logits_entropy
 from rollout_len.kernels.entropy import _linear_entropy_triton
 
 SHAPES = [(1, 37, 50), (7, 37, 131), (40, 16, 300)]  # (T, d, V): T=1, odd d, V not a block multiple
@@ -124,6 +124,20 @@ def test_engine_positional_call_returns_tensor():
     out = linear_entropy(final[1, :7], w, None)
     assert isinstance(out, torch.Tensor) and out.shape == (7,) and out.dtype == torch.float32
     torch.testing.assert_close(out, linear_entropy(final[1, :7], w, None, impl="naive"), atol=1e-4, rtol=1e-4)
+
+
+def test_logits_entropy_is_the_definition_and_agrees_with_linear_entropy():
+    """logits_entropy: the decode step's entropy from logits it already has; the same H as linear_entropy."""
+    assert logits_entropy(torch.zeros(10)).item() == pytest.approx(math.log(10.0))
+    assert logits_entropy(torch.tensor([1e4, 0.0, 0.0])).item() == pytest.approx(0.0, abs=1e-6)
+    h, w, b, tok = _inputs(7, 37, 131, torch.bfloat16, "cpu")
+    logits = torch.nn.functional.linear(h.float(), w.float(), b.float())  # (T, V)
+    ref, _ = _ref64(h, w, b, 1.0, tok)
+    ent = logits_entropy(logits.to(torch.bfloat16))  # upcast inside
+    assert ent.dtype == torch.float32 and ent.shape == (7,)
+    torch.testing.assert_close(logits_entropy(logits).double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits_entropy(logits), linear_entropy(h, w, b, impl="naive"), atol=0, rtol=0)
+    assert logits_entropy(logits.view(7, 1, 131)).shape == (7, 1)
 
 
 def test_auto_is_chunked_on_cpu(monkeypatch):

@@ -21,11 +21,14 @@ def test_soft_labels_decay_with_bin_distance():
     assert p[0].item() == pytest.approx(p[2].item() / torch.e**2, rel=1e-5)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(lengths=[5.0] * 50), "all equal"),
-    (dict(lengths=[1.0, 2.0, 3.0]), "fewer than num_bins"),
-    (dict(lengths=[1.0] * 30 + [float("nan")]), "finite"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(lengths=[5.0] * 50), "all equal"),
+        (dict(lengths=[1.0, 2.0, 3.0]), "fewer than num_bins"),
+        (dict(lengths=[1.0] * 30 + [float("nan")]), "finite"),
+    ],
+)
 def test_degenerate_bins_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         LengthBins.from_quantiles(bad["lengths"], num_bins=20)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from rollout_len.predictor.egtp import pool
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
-from rollout_len.predictor.plp import PLPTracker, checkpoint_steps, plp_features
+from rollout_len.predictor.plp import PLPTracker, checkpoint_steps, is_checkpoint, plp_features
+from rollout_len.predictor.pooling import pool
 
 D = 6
 
@@ -32,7 +32,9 @@ def test_online_pool_equals_egtp_over_the_generated_tokens():
         sid = f"s{i}"
         h, e = torch.stack(seen[sid][0]), torch.stack(seen[sid][1])
         assert tracker.tokens_done(sid) == len(e)
-        z = plp_features(prompts[i][None], pool(h, e, "egtp")[None], torch.tensor([len(e)]), torch.tensor([512 - len(e)]))
+        z = plp_features(
+            prompts[i][None], pool(h, e, "egtp")[None], torch.tensor([len(e)]), torch.tensor([512 - len(e)])
+        )
         torch.testing.assert_close(mean[i], tracker.head.predict(z)[0][0], atol=1e-4, rtol=1e-4)
 
 
@@ -79,4 +81,29 @@ def test_bad_input():
         tracker.predict(["nobody"])
     with pytest.raises(ValueError, match="k .* >= 1"):
         checkpoint_steps(10, 0)
+    with pytest.raises(ValueError, match="k .* >= 1"):
+        is_checkpoint(3, 0)
+
+
+def test_checkpoints_are_at_t_0_k_2k():
+    assert [t for t in range(20) if is_checkpoint(t, 8)] == [0, 8, 16]
+    assert all(is_checkpoint(t, 1) for t in range(5))
     assert checkpoint_steps(10, 4) == [0, 4, 8]
+    assert checkpoint_steps(8, 4) == [0, 4]  # t < length: a sample of 8 tokens has ended at t = 8
+    assert checkpoint_steps(0, 4) == [0]
+
+
+def test_tokens_done_counts_start_plus_updates():
+    """t after `start(tokens_done=t0)` is t0 with an empty (zero) pool; each `update` adds one tap and 1 to t."""
+    tracker = _tracker()
+    tracker.start("a", torch.randn(D), max_new_tokens=64, tokens_done=1)
+    tracker.start("b", torch.randn(D), max_new_tokens=64)
+    assert tracker.tokens_done("a") == 1 and tracker.tokens_done("b") == 0
+    torch.testing.assert_close(tracker.pooled(["a", "b"]), torch.zeros(2, D))
+    taps = [], []
+    for _ in range(3):
+        hidden, entropy = torch.randn(1, D), torch.rand(1) * 3
+        tracker.update(["a"], hidden, entropy)
+        taps[0].append(hidden[0]), taps[1].append(entropy[0])
+    assert tracker.tokens_done("a") == 4 and tracker.tokens_done("b") == 0
+    torch.testing.assert_close(tracker.pooled(["a"])[0], pool(torch.stack(taps[0]), torch.stack(taps[1])))

@@ -26,13 +26,16 @@ def test_metrics():
     assert kendall_tau([1, 2, 3], [1, 2, 3]) == 1.0 and kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
     a, b = np.random.default_rng(0).normal(size=(2, 40))
     from itertools import combinations
+
     s = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in combinations(range(40), 2))
     assert kendall_tau(a, b) == pytest.approx(s / (40 * 39 / 2))
 
 
 def test_online_refit_follows_a_drift():
     x, y = _data(600)
-    head = fit_head(x[:400], y[:400], x[400:500], y[400:500], FitConfig(epochs=40, dropout=0.0, bins="log", max_length=800))
+    head = fit_head(
+        x[:400], y[:400], x[400:500], y[400:500], FitConfig(epochs=40, dropout=0.0, bins="log", max_length=800)
+    )
     xs, ys = _data(800, shift=120.0, seed=1)  # the policy now writes 120 tokens more
     before = evaluate(head.predict(xs[600:])[0], ys[600:])["mae"]
     trainer = OnlineTrainer(head, buffer_size=300, epochs=10)

@@ -7,20 +7,37 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import ray
 import torch
-from tensordict import TensorDict
-from verl import DataProto
-
-from rollout_len.model import tiny_policy
 from wandb_offline import history
 
+from rollout_len.model import tiny_policy
+from rollout_len.verl.actor import last_token_logits
+
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "grpo_demo" / "grpo_demo.py"
-TINY = ["--model", "tiny-llama", "--steps", "1", "--prompts-per-step", "2", "--samples-per-prompt", "4",
-        "--max-new-tokens", "6", "--num-workers", "2", "--slots-per-worker", "2", "--every", "2", "--train-layers", "1",
-        "--overlong-buffer", "2"]
+TINY = [
+    "--model",
+    "tiny-llama",
+    "--steps",
+    "1",
+    "--prompts-per-step",
+    "2",
+    "--samples-per-prompt",
+    "4",
+    "--max-new-tokens",
+    "6",
+    "--num-workers",
+    "2",
+    "--slots-per-worker",
+    "2",
+    "--every",
+    "2",
+    "--train-layers",
+    "1",
+    "--overlong-buffer",
+    "2",
+]
 
 
 def load_recipe():
@@ -68,38 +85,8 @@ def test_flags_override_the_yaml_and_bad_values_name_the_key():
         grpo_demo.load_config(["--max-new-tokens", "32"])  # the YAML's buffer of 64 does not fit
 
 
-def test_reward_is_verls_gsm8k_checker_plus_the_overlong_penalty():
-    cfg = grpo_demo.load_config(["--max-new-tokens", "40", "--overlong-buffer", "20", "--overlong-penalty", "1.0",
-                                 "--reward-method", "flexible", "--format-score", "0.0"])
-    manager = grpo_demo.gsm8k_reward_manager(cfg, tiny_policy("llama").tokenizer)
-    texts = ["So 9 * 2 = 18", "So it is 17", "x" * 30 + " 18", "y" * 40]  # one byte token per character
-    expected = [1.0, 0.0, 1.0 - (33 - 20) / 20, 0.0 - (40 - 20) / 20]  # right, wrong, right but long, no answer at the budget
-    rows, prompt_length = len(texts), 3
-    responses = torch.zeros(rows, 40, dtype=torch.int64)
-    response_mask = torch.zeros(rows, 40, dtype=torch.int64)
-    for row, text in enumerate(texts):
-        responses[row, : len(text)] = torch.tensor(list(text.encode()))
-        response_mask[row, : len(text)] = 1
-    data = DataProto(
-        batch=TensorDict({"prompts": torch.ones(rows, prompt_length, dtype=torch.int64), "responses": responses,
-                          "response_mask": response_mask,
-                          "attention_mask": torch.cat([torch.ones(rows, prompt_length, dtype=torch.int64), response_mask], 1)},
-                         batch_size=rows),
-        non_tensor_batch={"data_source": np.array(["openai/gsm8k"] * rows, dtype=object),
-                          "reward_model": np.array([{"ground_truth": "18"}] * rows, dtype=object)},
-    )
-    scores, details = grpo_demo.score_batch(manager, data)
-    assert scores.sum(dim=1).tolist() == pytest.approx(expected)
-    for row, text in enumerate(texts):  # on the last response token only, as verl places it
-        assert scores[row, len(text) - 1] == pytest.approx(expected[row])
-        assert scores[row].abs().sum() == pytest.approx(abs(expected[row]))
-        assert details[row]["response"] == text
-    assert [d["acc"] for d in details] == [1.0, 0.0, 1.0, 0.0]
-
-
 def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
-    cfg = grpo_demo.load_config(TINY + ["--lr", "1e-3", "--no-use-ray", "--out", "none",
-                                        "--wandb-mode", "disabled"])
+    cfg = grpo_demo.load_config(TINY + ["--lr", "1e-3", "--no-use-ray", "--out", "none", "--wandb-mode", "disabled"])
     demo = TokenSumRewardDemo(cfg)
     demo.setup()
     try:
@@ -120,12 +107,12 @@ def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
 
         # After the sync, each worker's logits on a prompt are the trainer's, and differ from the old model's.
         prompt = [ord(c) for c in "What is 12*7?"]
-        trainer = grpo_demo.last_token_logits(demo.model, prompt)
-        workers = ray.get(demo.actor.worker_logits.remote(prompt))
+        trainer = last_token_logits(demo.model, prompt)
+        workers = demo.rollout.worker_logits(prompt)
         assert len(workers) == 2
         for logits in workers:
-            torch.testing.assert_close(logits.float(), trainer, rtol=0, atol=1e-5)
-        old = grpo_demo.last_token_logits(tiny_policy("llama").model, prompt)
+            torch.testing.assert_close(logits, trainer, rtol=0, atol=1e-5)
+        old = last_token_logits(tiny_policy("llama").model, prompt)
         assert (trainer - old).abs().max() > 1e-4
         assert m["rollout_len/sync_max_logit_diff"] <= 1e-5
 
@@ -138,12 +125,27 @@ def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
 
 STEP_KEYS = {"step_time_s", "rollout_time_s", "fcfs_rollout_time_s", "saving", "reward_mean", "predictor_mae"}
 WANDB_KEYS = {
-    "timing_s/gen", "timing_s/gen_fcfs", "timing_s/reward", "timing_s/adv", "timing_s/update_actor",
-    "timing_s/update_weights", "timing_s/step", "response_length/mean", "response_length/max",
-    "response_length/min", "response_length/clip_ratio", "critic/score/mean", "critic/advantages/mean",
-    "rollout_len/step_time_s", "rollout_len/saving_vs_fcfs", "rollout_len/predictor_mae",
-    "rollout_len/padding_fraction", "rollout_len/migrations", "rollout_len/worker_idle_fraction",
-    "timing_s/rollout_len/generate_s", "rollout_len/timeline/path",
+    "timing_s/gen",
+    "timing_s/gen_fcfs",
+    "timing_s/reward",
+    "timing_s/adv",
+    "timing_s/update_actor",
+    "timing_s/update_weights",
+    "timing_s/step",
+    "response_length/mean",
+    "response_length/max",
+    "response_length/min",
+    "response_length/clip_ratio",
+    "critic/score/mean",
+    "critic/advantages/mean",
+    "rollout_len/step_time_s",
+    "rollout_len/saving_vs_fcfs",
+    "rollout_len/predictor_mae",
+    "rollout_len/padding_fraction",
+    "rollout_len/migrations",
+    "rollout_len/worker_idle_fraction",
+    "timing_s/rollout_len/generate_s",
+    "rollout_len/timeline/path",
 }
 
 
@@ -161,7 +163,9 @@ def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_pa
     assert step["rollout_time_s"] > 0 and step["fcfs_rollout_time_s"] > 0
     assert step["saving"] == pytest.approx(1 - step["rollout_time_s"] / step["fcfs_rollout_time_s"])
     assert step["step_time_s"] > step["rollout_time_s"]
-    assert step["reward_mean"] == -1.0  # verl's GSM8K checker 0, the full overlong penalty: every response at the budget
+    assert (
+        step["reward_mean"] == -1.0
+    )  # verl's GSM8K checker 0, the full overlong penalty: every response at the budget
     assert step["predictor_mae"] is None  # no predictor before the first re-fit
     for png in ("step_time_saving.png", "timeline_step0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,8 +5,9 @@ import torch
 
 from rollout_len.model import load_policy
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
-from rollout_len.rollout.policies import POLICIES, LengthAware, register_policy
-from rollout_len.sample import SamplingParams
+from rollout_len.sample import Sample, SamplingParams, expand_prompts
+from rollout_len.sched.policies import POLICIES, LengthAware, register_policy
+from rollout_len.sched.view import Migration
 
 PROMPTS = [[5 + i, 6, 7, 8 + i, 9] for i in range(4)]
 
@@ -16,21 +17,25 @@ def local(**kw):
 
 
 def outputs(result):
-    return [[s.output_ids for s in g] for g in result.groups]
+    return [s.output_ids for s in result.samples]
+
+
+def step(coord, prompts, n, params, policy="length_aware", seed=0, **kw):
+    return coord.run_step(expand_prompts(prompts, n, params, seed=seed), policy, **kw)
 
 
 def test_policies_generate_the_same_samples():
     coord = local()
     params = SamplingParams(max_new_tokens=24)
-    fcfs = coord.run_step(PROMPTS, 3, params, "fcfs", seed=1)
-    aware = coord.run_step(PROMPTS, 3, params, "length_aware", seed=1)
-    assert [len(g) for g in fcfs.groups] == [3] * 4
+    fcfs = step(coord, PROMPTS, 3, params, "fcfs", seed=1)
+    aware = step(coord, PROMPTS, 3, params, "length_aware", seed=1)
+    assert [len(g) for g in fcfs.groups().values()] == [3] * 4
     assert all(s.status.is_finished and 1 <= s.num_output <= 24 for s in aware.samples)
     assert all(len(s.logprobs) == s.num_output for s in aware.samples)
     # per-sample RNG from (seed, id): the schedule does not change what a sample generates
     assert outputs(fcfs) == outputs(aware)
     assert coord.head is not None, "the PLP head is fit online after a length_aware step"
-    again = coord.run_step(PROMPTS, 3, params, "length_aware", seed=2)
+    again = step(coord, PROMPTS, 3, params, "length_aware", seed=2)
     assert again.metrics["predictions"] > 0 and again.metrics["predictor_mae"] >= 0
 
 
@@ -41,10 +46,15 @@ class MoveEverything(LengthAware):
     def migrate(self, m, w, now):
         moved = getattr(self, "_done", set())
         self._done = moved
-        src, dst = m.workers[0], m.workers[1]
-        orders = [(s, 0, 1) for s in sorted(src.running)
-                  if s not in moved and m.samples[s].migrating_to is None and m.samples[s].tokens_done > 2
-                  and dst.committed < dst.slots]
+        src, dst = m.alive_workers()[:2]
+        orders = [
+            Migration(s, 0, 1)
+            for s in sorted(src.running)
+            if s not in moved
+            and m.samples[s].migrating_to is None
+            and m.samples[s].tokens_done > 2
+            and dst.committed < dst.slots
+        ]
         moved.update(s for s, _, _ in orders[:1])
         return orders[:1]
 
@@ -53,8 +63,8 @@ def test_migrated_samples_continue_exactly():
     try:
         coord = local()
         params = SamplingParams(max_new_tokens=20, ignore_stop=True)
-        still = coord.run_step(PROMPTS[:2], 2, params, "fcfs", seed=3)
-        moved = coord.run_step(PROMPTS[:2], 2, params, "test_move_everything", seed=3)
+        still = step(coord, PROMPTS[:2], 2, params, "fcfs", seed=3)
+        moved = step(coord, PROMPTS[:2], 2, params, "test_move_everything", seed=3)
     finally:
         POLICIES.pop("test_move_everything")
     assert moved.metrics["migrations"] >= 1
@@ -78,23 +88,57 @@ def test_weight_updates_reach_the_workers():
         coord.update_weights({"nonsense.weight": torch.zeros(2)})
 
 
-@pytest.mark.parametrize("kw,match", [({"num_workers": 0}, "num_workers"), ({"slots_per_worker": 0}, "slots_per_worker"),
-                                      ({"every": 0}, "every"), ({"predictions": "psychic"}, "predictions")])
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"num_workers": 0}, "num_workers"),
+        ({"slots_per_worker": 0}, "slots_per_worker"),
+        ({"every": 0}, "every"),
+        ({"predictions": "psychic"}, "predictions"),
+    ],
+)
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
-        Coordinator("tiny-llama", RolloutConfig(use_ray=False, **{k: v for k, v in kw.items() if k != "predictions"},
-                                                **({"predictions": kw["predictions"]} if "predictions" in kw else {})))
+        Coordinator(
+            "tiny-llama",
+            RolloutConfig(
+                use_ray=False,
+                **{k: v for k, v in kw.items() if k != "predictions"},
+                **({"predictions": kw["predictions"]} if "predictions" in kw else {}),
+            ),
+        )
 
 
 def test_bad_step_arguments():
     coord = local()
     params = SamplingParams(max_new_tokens=4)
     with pytest.raises(ValueError, match="valid: .*fcfs"):
-        coord.run_step(PROMPTS, 2, params, "random")
+        step(coord, PROMPTS, 2, params, "random")
     with pytest.raises(ValueError, match="n "):
-        coord.run_step(PROMPTS, 0, params)
+        step(coord, PROMPTS, 0, params)
     with pytest.raises(ValueError, match="oracle"):
-        coord.run_step(PROMPTS, 2, params, "oracle")
+        step(coord, PROMPTS, 2, params, "oracle")
+    with pytest.raises(ValueError, match="at least one sample"):
+        coord.run_step([], "fcfs")
+    twice = [Sample("a", [5, 6], params), Sample("a", [7, 8], params)]
+    with pytest.raises(ValueError, match="unique.*'a'"):
+        coord.run_step(twice, "fcfs")
+    with pytest.raises(TypeError, match="Sample"):
+        coord.run_step([[5, 6, 7]], "fcfs")
+
+
+def test_identity_comes_from_the_caller():
+    """Rows keep their ids, groups and order; a group whose rows hold different prompts (verl's
+    padded validation batches: uids [a, a, b, b], four prompts) generates each row's own prompt."""
+    coord = local()
+    params = SamplingParams(max_new_tokens=6, ignore_stop=True)
+    rows = [Sample(f"row{r}", PROMPTS[r], params, seed=5, group_id=g) for r, g in enumerate("aabb")]
+    result = coord.run_step(rows, "length_aware")
+    assert [s.sample_id for s in result.samples] == ["row0", "row1", "row2", "row3"]
+    assert result.samples[0] is rows[0] and rows[0].num_output == 6  # filled in, in place
+    assert list(result.groups()) == ["a", "b"]
+    alone = [coord.run_step([Sample(f"row{r}", PROMPTS[r], params, seed=5)], "fcfs").samples[0] for r in range(4)]
+    assert [s.output_ids for s in result.samples] == [s.output_ids for s in alone]
 
 
 def test_a_killed_ray_actor_loses_no_samples():
@@ -109,12 +153,12 @@ def test_a_killed_ray_actor_loses_no_samples():
 
     try:
         params = SamplingParams(max_new_tokens=30, ignore_stop=True)
-        result = coord.run_step(PROMPTS, 2, params, "length_aware", seed=4, on_report=kill_worker_0)
+        result = step(coord, PROMPTS, 2, params, "length_aware", seed=4, on_report=kill_worker_0)
         assert result.metrics["dead_workers"] == 1
         assert len(result.samples) == 8
         assert all(s.num_output == 30 and len(s.logprobs) == 30 for s in result.samples)
         assert len(coord.workers) == 1  # the next step runs on the survivor
-        nxt = coord.run_step(PROMPTS[:1], 2, SamplingParams(max_new_tokens=5, ignore_stop=True), "fcfs")
+        nxt = step(coord, PROMPTS[:1], 2, SamplingParams(max_new_tokens=5, ignore_stop=True), "fcfs")
         assert all(s.num_output == 5 for s in nxt.samples)
     finally:
         coord.shutdown()

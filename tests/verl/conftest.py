@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from helpers import tiny
+from verl_setup import compose_ppo_config, documented_overrides
+
 from rollout_len.data import gsm8k_prompts
 from rollout_len.verl.gsm8k import write_gsm8k_parquet
-from verl_setup import compose_ppo_config, documented_overrides
 
 NUM_PROBLEMS = 4
 

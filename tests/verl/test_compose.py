@@ -17,13 +17,13 @@ from verl.utils.import_utils import load_class_from_fqn
 from verl.workers.config import RolloutConfig as VerlRolloutConfig
 from verl.workers.rollout.base import get_rollout_class
 from verl.workers.rollout.replica import RolloutMode, get_rollout_replica_class
+from verl_setup import RECIPE_DIR, documented_overrides
 
 from rollout_len.rollout.coordinator import RolloutConfig as CoordinatorConfig
-from rollout_len.rollout.policies import POLICIES
+from rollout_len.sched.policies import POLICIES
 from rollout_len.verl import LengthAwareRollout
+from rollout_len.verl.agent_loop import check_config
 from rollout_len.verl.backend import LengthAwareReplica, WeightReceiver
-from rollout_len.verl.manager import check_config
-from verl_setup import RECIPE_DIR, documented_overrides
 
 RECIPE = "grpo_qwen2_5_gsm8k"
 
@@ -93,23 +93,37 @@ BAD_CONFIGS = {  # id: (overrides, create() arguments, expected message)
         {},
         r"actor_rollout_ref\.rollout\.tensor_model_parallel_size=2",
     ),
-    "multi-turn": (["actor_rollout_ref.rollout.multi_turn.enable=true"], {}, r"actor_rollout_ref\.rollout\.multi_turn\.enable"),
+    "multi-turn": (
+        ["actor_rollout_ref.rollout.multi_turn.enable=true"],
+        {},
+        r"actor_rollout_ref\.rollout\.multi_turn\.enable",
+    ),
     "distillation": ([], {"teacher_client": {"teacher": object()}}, r"distillation\.enabled=false"),
     "no-reward": ([], {"reward_loop_worker_handles": None}, r"no reward function.*reward\.reward_model\.enable"),
-    "reward-file": (["reward.custom_reward_function.path=/nonexistent/reward.py"], {}, r"reward\.custom_reward_function\.path"),
+    "reward-file": (
+        ["reward.custom_reward_function.path=/nonexistent/reward.py"],
+        {},
+        r"reward\.custom_reward_function\.path",
+    ),
     "policy": (
         ["+actor_rollout_ref.rollout.custom.rollout_len.policy=shortest_first_maybe"],
         {},
         r"actor_rollout_ref\.rollout\.custom\.rollout_len\.policy=shortest_first_maybe",
     ),
-    "context": (["data.max_response_length=4096"], {}, r"data\.max_prompt_length \+ data\.max_response_length.*context of 2048"),
+    "context": (
+        ["data.max_response_length=4096"],
+        {},
+        r"data\.max_prompt_length \+ data\.max_response_length.*context of 2048",
+    ),
 }
 
 
 @pytest.mark.parametrize("overrides,arguments,message", list(BAD_CONFIGS.values()), ids=list(BAD_CONFIGS))
 def test_bad_configs_fail_naming_the_key(make_config, overrides, arguments, message):
     config = make_config(*overrides)
-    manager_class = load_class_from_fqn(config.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager")
+    manager_class = load_class_from_fqn(
+        config.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager"
+    )
     call = {"config": config, "llm_client": None, "teacher_client": None, "reward_loop_worker_handles": [], **arguments}
     with pytest.raises(ValueError, match=message):
         manager_class.create(**call)

@@ -7,17 +7,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import tiny
 from verl import DataProto
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.trainer.ppo import core_algos
 from verl.utils.reward_score import gsm8k
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+from verl_setup import rlhf_batch
 
-from helpers import tiny
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.sample import Sample, SampleStatus
-from rollout_len.verl.convert import attach_rewards, group_size, rollout_request, to_data_proto
-from verl_setup import rlhf_batch
+from rollout_len.verl.convert import attach_rewards, encode_prompts, to_data_proto, to_samples
 
 N = 3
 PROMPT_LENGTH, RESPONSE_LENGTH = 512, 12
@@ -26,6 +26,11 @@ PROMPT_LENGTH, RESPONSE_LENGTH = 512, 12
 @pytest.fixture(scope="module")
 def config(make_config):
     return make_config()
+
+
+@pytest.fixture(scope="module")
+def rollout(config):
+    return config.actor_rollout_ref.rollout
 
 
 @pytest.fixture(scope="module")
@@ -38,55 +43,76 @@ def token_builder(batch_and_tokenizer):
     return create_continuous_token_builder(batch_and_tokenizer[1], hf_model_type="llama")
 
 
-def generate(request, seed: int = 0) -> list[list[Sample]]:
-    """Real samples from the tiny policy (the model in the config's folder), grouped per prompt.
+def generate(samples: list[Sample]) -> list[Sample]:
+    """Real responses from the tiny policy (the model in the config's folder), filled into `samples`.
 
     The random policy rarely samples its end token, so a quarter of the vocabulary stops a
     response here: responses then end at different lengths, as real ones do.
     """
-    params = replace(request.params, stop_ids=tuple(range(32, 96)))
-    groups = [
-        [Sample(f"p{i}-s{j}", list(prompt), params, seed=seed, group_id=f"p{i}") for j in range(request.n)]
-        for i, prompt in enumerate(request.prompts)
-    ]
-    DecodeEngine(tiny("llama"), EngineConfig(max_batch_size=request.num_rows)).run([s for g in groups for s in g])
-    return groups
+    for sample in samples:
+        sample.params = replace(sample.params, stop_ids=tuple(range(32, 96)))
+    DecodeEngine(tiny("llama"), EngineConfig(max_batch_size=len(samples))).run(samples)
+    return samples
 
 
-def test_request_reads_a_verl_batch(config, batch_and_tokenizer, token_builder):
+def chat_ids(tokenizer, messages) -> list[int]:
+    expected = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    return list(expected["input_ids"] if hasattr(expected, "keys") else expected)
+
+
+def test_one_sample_per_row_with_its_own_prompt_and_uid(batch_and_tokenizer, token_builder, rollout):
     batch, tokenizer = batch_and_tokenizer
-    request = rollout_request(batch, token_builder, config.actor_rollout_ref.rollout)
-    assert request.n == N and len(request.prompts) == len(batch) // N == 4
-    for i, prompt in enumerate(request.prompts):
-        messages = list(batch.non_tensor_batch["raw_prompt"][i * N])
-        expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        expected = expected["input_ids"] if hasattr(expected, "keys") else expected
-        assert prompt == list(expected)
-        question = batch.non_tensor_batch["extra_info"][i * N]["question"]
-        assert question in tokenizer.decode(prompt)
-    params = request.params
+    samples = to_samples(batch, token_builder, rollout, seed=7)
+    assert [s.sample_id for s in samples] == [str(row) for row in range(len(batch))]
+    assert [s.group_id for s in samples] == batch.non_tensor_batch["uid"].tolist()
+    assert {s.seed for s in samples} == {7}
+    for row, sample in enumerate(samples):
+        assert sample.prompt_ids == chat_ids(tokenizer, batch.non_tensor_batch["raw_prompt"][row])
+        assert batch.non_tensor_batch["extra_info"][row]["question"] in tokenizer.decode(sample.prompt_ids)
+        assert sample.status == SampleStatus.WAITING and not sample.output_ids
+    params = samples[0].params
     assert (params.temperature, params.top_p, params.top_k, params.max_new_tokens) == (1.0, 1.0, 0, RESPONSE_LENGTH)
 
     batch.meta_info["validate"] = True  # validation batches sample with rollout.val_kwargs (greedy by default)
     try:
-        assert rollout_request(batch, token_builder, config.actor_rollout_ref.rollout).params.temperature == 0.0
+        assert to_samples(batch, token_builder, rollout, seed=0)[0].params.temperature == 0.0
     finally:
         batch.meta_info.pop("validate")
 
 
-def test_group_size_follows_runs_of_uid():
-    assert group_size(np.array(["a", "a", "b", "b"], dtype=object)) == 2
-    assert group_size(np.array(["a", "b", "c"], dtype=object)) == 1
-    # verl pads validation batches with copies of the first rows: uneven runs, one sample per row
-    assert group_size(np.array(["a", "a", "b", "b", "a"], dtype=object)) == 1
-    assert group_size(None) == 1
-
-
-def test_output_has_verl_layout_and_dtypes(config, batch_and_tokenizer, token_builder):
+def test_rows_are_not_grouped_by_adjacency(batch_and_tokenizer, token_builder, rollout):
+    """verl's padded validation batches: four different prompts, uids [a, a, b, b], n = 1."""
     batch, tokenizer = batch_and_tokenizer
-    request = rollout_request(batch, token_builder, config.actor_rollout_ref.rollout)
-    groups = generate(request)
-    out = to_data_proto(request, groups, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
+    four = batch[[0, N, 2 * N, 3 * N]]  # one row of each problem
+    four.non_tensor_batch["uid"] = np.array(["a", "a", "b", "b"], dtype=object)
+    samples = to_samples(four, token_builder, rollout, seed=0)
+    assert [s.group_id for s in samples] == ["a", "a", "b", "b"]
+    prompts = [s.prompt_ids for s in samples]
+    assert prompts == [chat_ids(tokenizer, m) for m in four.non_tensor_batch["raw_prompt"]]
+    assert len({tuple(p) for p in prompts}) == 4
+
+    four.non_tensor_batch.pop("uid")  # no uid column: every row is its own group
+    assert [s.group_id for s in to_samples(four, token_builder, rollout, seed=0)] == [None] * 4
+
+
+def test_identical_messages_are_tokenized_once(batch_and_tokenizer, token_builder):
+    batch, _ = batch_and_tokenizer
+    calls = []
+
+    class Counting:
+        def build_initial_tokens(self, messages):
+            calls.append(messages)
+            return token_builder.build_initial_tokens(messages)
+
+    encoded = encode_prompts(list(batch.non_tensor_batch["raw_prompt"]), Counting(), PROMPT_LENGTH)
+    assert len(encoded) == len(batch) and len(calls) == len(batch) // N
+    assert encoded[0] == encoded[1] and encoded[0] is not encoded[1]  # equal, not shared
+
+
+def test_output_has_verl_layout_and_dtypes(batch_and_tokenizer, token_builder, rollout):
+    batch, tokenizer = batch_and_tokenizer
+    samples = generate(to_samples(batch, token_builder, rollout, seed=0))
+    out = to_data_proto(samples, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
     rows = len(batch)
     shapes = {key: tuple(out.batch[key].shape) for key in out.batch.keys()}
     assert shapes == {
@@ -102,8 +128,8 @@ def test_output_has_verl_layout_and_dtypes(config, batch_and_tokenizer, token_bu
     assert out.batch["rollout_log_probs"].dtype == torch.float32
     lengths = set()
     pad = tokenizer.pad_token_id
-    for row in range(rows):
-        sample, prompt = groups[row // N][row % N], request.prompts[row // N]
+    for row, sample in enumerate(samples):  # row r is samples[r], with its own prompt
+        prompt = sample.prompt_ids
         p, r = len(prompt), sample.num_output
         lengths.add(r)
         assert out.batch["prompts"][row].tolist() == [pad] * (PROMPT_LENGTH - p) + prompt
@@ -124,21 +150,23 @@ def test_output_has_verl_layout_and_dtypes(config, batch_and_tokenizer, token_bu
     assert merged.non_tensor_batch["uid"].tolist() == batch.non_tensor_batch["uid"].tolist()
 
 
-def _answer_sample(sample_id: str, tokenizer, text: str, params) -> Sample:
+def _answer(sample: Sample, tokenizer, text: str) -> Sample:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return Sample(sample_id, [1], params, output_ids=ids, logprobs=[-1.0] * len(ids), status=SampleStatus.FINISHED_STOPPED)
+    return replace(sample, output_ids=ids, logprobs=[-1.0] * len(ids), status=SampleStatus.FINISHED_STOPPED)
 
 
-def test_verl_reward_loop_and_grpo_accept_the_output(config, batch_and_tokenizer, token_builder):
+def test_verl_reward_loop_and_grpo_accept_the_output(config, batch_and_tokenizer, token_builder, rollout):
     batch, tokenizer = batch_and_tokenizer
-    request = rollout_request(batch, token_builder, config.actor_rollout_ref.rollout)
-    groups = generate(request)
-    truths = [batch.non_tensor_batch["reward_model"][i * N]["ground_truth"] for i in range(len(groups))]
-    # Sample 0 of every prompt answers correctly, sample 1 wrongly; sample 2 is the tiny policy's own.
-    for i, truth in enumerate(truths):
-        groups[i][0] = _answer_sample(f"right{i}", tokenizer, f"#### {truth}", request.params)
-        groups[i][1] = _answer_sample(f"wrong{i}", tokenizer, f"#### {int(truth) + 1}", request.params)
-    out = to_data_proto(request, groups, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
+    samples = generate(to_samples(batch, token_builder, rollout, seed=0))
+    truths = [batch.non_tensor_batch["reward_model"][row]["ground_truth"] for row in range(len(batch))]
+    # In every group (N rows of one uid) the first row answers correctly, the second wrongly; the third is the
+    # tiny policy's own response.
+    for row, truth in enumerate(truths):
+        if row % N == 0:
+            samples[row] = _answer(samples[row], tokenizer, f"#### {truth}")
+        elif row % N == 1:
+            samples[row] = _answer(samples[row], tokenizer, f"#### {int(truth) + 1}")
+    out = to_data_proto(samples, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
 
     # verl's reward-loop worker, as LengthAwareRollout calls it: rows plus the dataset's fields
     scoring = DataProto(batch=out.batch, non_tensor_batch={**batch.non_tensor_batch, **out.non_tensor_batch})
@@ -147,12 +175,11 @@ def test_verl_reward_loop_and_grpo_accept_the_output(config, batch_and_tokenizer
     attach_rewards(out, results)
 
     scores = out.batch["rm_scores"].sum(dim=1).tolist()
-    for row in range(len(out)):
-        j = row % N
-        expected = {0: 1.0, 1: 0.0}.get(j)
+    for row, sample in enumerate(samples):
+        expected = {0: 1.0, 1: 0.0}.get(row % N)
         if expected is None:  # the policy's own response, checked by verl's GSM8K function directly
-            sample = groups[row // N][j]
-            expected = float(gsm8k.compute_score(tokenizer.decode(sample.output_ids, skip_special_tokens=True), truths[row // N]))
+            text = tokenizer.decode(sample.output_ids, skip_special_tokens=True)
+            expected = float(gsm8k.compute_score(text, truths[row]))
         assert scores[row] == expected
         last = int(out.batch["response_mask"][row].sum()) - 1
         assert out.batch["rm_scores"][row].nonzero().flatten().tolist() in ([last], [])
@@ -160,13 +187,15 @@ def test_verl_reward_loop_and_grpo_accept_the_output(config, batch_and_tokenizer
     assert out.non_tensor_batch["acc"].tolist() == scores
 
     advantages, returns = core_algos.compute_grpo_outcome_advantage(
-        token_level_rewards=out.batch["rm_scores"], response_mask=out.batch["response_mask"], index=batch.non_tensor_batch["uid"]
+        token_level_rewards=out.batch["rm_scores"],
+        response_mask=out.batch["response_mask"],
+        index=batch.non_tensor_batch["uid"],
     )
     mask = out.batch["response_mask"].bool()
     assert not advantages[~mask].any()
     per_row = advantages[:, 0]
-    for i in range(len(groups)):
-        right, wrong, own = per_row[i * N : (i + 1) * N].tolist()
+    for start in range(0, len(batch), N):
+        right, wrong, own = per_row[start : start + N].tolist()
         assert right > 0 > wrong and right > own
         assert right + wrong + own == pytest.approx(0.0, abs=1e-5)
 
@@ -175,31 +204,34 @@ def test_prompt_over_the_limit_names_the_key(make_config, token_builder):
     config = make_config("data.max_prompt_length=64")
     batch, _ = rlhf_batch(config, 1)
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.prompt_length=64.*data\.max_prompt_length"):
-        rollout_request(batch, token_builder, config.actor_rollout_ref.rollout)
+        to_samples(batch, token_builder, config.actor_rollout_ref.rollout, seed=0)
 
 
-def test_remax_and_multimodal_batches_are_refused(config, batch_and_tokenizer, token_builder):
+def test_remax_and_multimodal_batches_are_refused(batch_and_tokenizer, token_builder, rollout):
     batch, _ = batch_and_tokenizer
     remax = DataProto.from_single_dict(
         {"raw_prompt": batch.non_tensor_batch["raw_prompt"], "__do_sample__": np.ones(len(batch), dtype=bool)}
     )
     with pytest.raises(ValueError, match="algorithm.adv_estimator=remax"):
-        rollout_request(remax, token_builder, config.actor_rollout_ref.rollout)
+        to_samples(remax, token_builder, rollout, seed=0)
     image_prompt = np.empty(1, dtype=object)
     image_prompt[0] = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}]
     with pytest.raises(ValueError, match="multimodal prompts are not supported"):
-        rollout_request(DataProto.from_single_dict({"raw_prompt": image_prompt}), token_builder, config.actor_rollout_ref.rollout)
+        to_samples(DataProto.from_single_dict({"raw_prompt": image_prompt}), token_builder, rollout, seed=0)
+    no_prompts = DataProto.from_single_dict({"uid": np.array(["a"], dtype=object)})
+    with pytest.raises(ValueError, match="no 'raw_prompt'"):
+        to_samples(no_prompts, token_builder, rollout, seed=0)
 
 
-def test_unfinished_or_too_long_samples_are_refused(config, batch_and_tokenizer, token_builder):
+def test_unfinished_or_too_long_samples_are_refused(batch_and_tokenizer, token_builder, rollout):
     batch, tokenizer = batch_and_tokenizer
-    request = rollout_request(batch, token_builder, config.actor_rollout_ref.rollout)
-    groups = generate(request)
-    groups[0][0].status = SampleStatus.RUNNING
-    with pytest.raises(ValueError, match="not finished"):
-        to_data_proto(request, groups, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
-    groups = generate(request)
+    samples = generate(to_samples(batch, token_builder, rollout, seed=0))
     with pytest.raises(ValueError, match="response_length"):
-        to_data_proto(request, groups, PROMPT_LENGTH, 1, tokenizer.pad_token_id)
-    with pytest.raises(ValueError, match="groups of 3 samples"):
-        to_data_proto(request, groups[:-1], PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
+        to_data_proto(samples, PROMPT_LENGTH, 1, tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="more than prompt_length=8"):
+        to_data_proto(samples, 8, RESPONSE_LENGTH, tokenizer.pad_token_id)
+    with pytest.raises(ValueError, match="at least one sample"):
+        to_data_proto([], PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)
+    samples[0].status = SampleStatus.RUNNING
+    with pytest.raises(ValueError, match="not finished"):
+        to_data_proto(samples, PROMPT_LENGTH, RESPONSE_LENGTH, tokenizer.pad_token_id)

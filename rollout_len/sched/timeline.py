@@ -36,12 +36,29 @@ class Timeline:
 
     def to_dict(self) -> dict:
         return {
-            "num_workers": self.num_workers, "end_s": self.end_s, "idle_fraction": self.idle_fraction(),
-            "chunks": [[c.worker_id, round(c.start_s, 4), round(c.end_s, 4), round(c.busy_s, 4), round(c.mean_batch, 2)]
-                       for c in self.chunks],
+            "num_workers": self.num_workers,
+            "end_s": self.end_s,
+            "idle_fraction": self.idle_fraction(),
+            "chunks": [
+                [c.worker_id, round(c.start_s, 4), round(c.end_s, 4), round(c.busy_s, 4), round(c.mean_batch, 2)]
+                for c in self.chunks
+            ],
             "migrations": [[round(t, 4), s, a, b] for t, s, a, b in self.migrations],
             "deaths": [[round(t, 4), w] for t, w in self.deaths],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Timeline:
+        """The Timeline `to_dict()` wrote (times rounded to 0.1 ms), e.g. from verl's meta_info["rollout_len"]."""
+        return cls(
+            num_workers=int(data["num_workers"]),
+            chunks=[
+                Chunk(int(w), float(a), float(b), float(busy), float(batch)) for w, a, b, busy, batch in data["chunks"]
+            ],
+            migrations=[(float(t), str(s), int(a), int(b)) for t, s, a, b in data["migrations"]],
+            deaths=[(float(t), int(w)) for t, w in data["deaths"]],
+            end_s=float(data["end_s"]),
+        )
 
 
 def plot_timelines(timelines: dict[str, Timeline], path: str, max_workers: int = 16) -> None:
@@ -61,15 +78,25 @@ def plot_timelines(timelines: dict[str, Timeline], path: str, max_workers: int =
         shown = min(tl.num_workers, max_workers)
         for c in tl.chunks:
             if c.worker_id < shown:
-                ax.barh(c.worker_id, c.end_s - c.start_s, left=c.start_s, height=0.8, color=cmap(c.mean_batch / peak), linewidth=0)
+                ax.barh(
+                    c.worker_id,
+                    c.end_s - c.start_s,
+                    left=c.start_s,
+                    height=0.8,
+                    color=cmap(c.mean_batch / peak),
+                    linewidth=0,
+                )
         for t, _, a, b in tl.migrations:
             if a < shown and b < shown:
                 ax.annotate("", xy=(t, b), xytext=(t, a), arrowprops={"arrowstyle": "->", "color": "red", "lw": 0.8})
         ax.axvline(tl.end_s, color="black", lw=0.8)
         ax.set_xlim(0, end * 1.02)
         ax.set_ylabel("worker")
-        ax.set_title(f"{name}: {tl.end_s:.1f} s, idle {tl.idle_fraction():.0%}" +
-                     (f" (first {shown} of {tl.num_workers} workers)" if shown < tl.num_workers else ""), fontsize=9)
+        ax.set_title(
+            f"{name}: {tl.end_s:.1f} s, idle {tl.idle_fraction():.0%}"
+            + (f" (first {shown} of {tl.num_workers} workers)" if shown < tl.num_workers else ""),
+            fontsize=9,
+        )
     axes[-1, 0].set_xlabel("seconds from step start (colour: decode batch size; red: migrations)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,9 +1,11 @@
 """Scheduling policies, by name. The live rollout and the simulator run these same objects.
 
-A policy reads the BucketManager's view and decides three things:
-  place(manager, ids)        where new (or orphaned) samples wait: a worker's queue, or the shared pool;
-  admit(manager, worker, n)  which waiting samples start on a worker with n free slots;
-  migrate(manager)           which running samples move, as (sample id, from, to).
+A policy reads a SchedulerView (rollout_len.sched.view; the BucketManager implements it) and
+returns three kinds of decision, which the manager carries out:
+  place(view, ids)              where new (or orphaned) samples wait: {id: worker} for a worker's
+                                queue; samples left out stay in the shared pool
+  admit(view, worker, n)        which waiting samples start on a worker with n free slots
+  migrate(view, worker, now)    which running samples move, as Migrations (sample id, from, to)
 
     fcfs           length-blind: each sample goes to the worker with the fewest in-flight samples
                    when submitted, and starts first-come-first-served (verl's default router + vLLM)
@@ -19,47 +21,52 @@ A policy reads the BucketManager's view and decides three things:
 from __future__ import annotations
 
 from itertools import islice
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rollout_len.rollout.planner import estimate_makespan
-
-if TYPE_CHECKING:
-    from rollout_len.rollout.manager import BucketManager, WorkerState
+from rollout_len.sched.planner import estimate_makespan
+from rollout_len.sched.view import Migration, SchedulerView, WorkerView
 
 __all__ = ["Policy", "POLICIES", "make_policy", "register_policy"]
 
-POLICIES: dict[str, type["Policy"]] = {}
+POLICIES: dict[str, type[Policy]] = {}
 
 
 def register_policy(name: str):
+    """Class decorator: register a Policy under `name` (built-ins register the same way as plugins)."""
+
     def wrap(cls):
+        if name in POLICIES:
+            raise ValueError(f"a scheduling policy named {name!r} is already registered ({POLICIES[name].__name__})")
         cls.name = name
         POLICIES[name] = cls
         return cls
+
     return wrap
 
 
-def make_policy(name: str, **kwargs) -> "Policy":
+def make_policy(name: str, **kwargs) -> Policy:
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; valid: {sorted(POLICIES)}")
     return POLICIES[name](**kwargs)
 
 
 class Policy:
+    """The base policy: one shared pool, taken first-come by whichever worker frees a slot."""
+
     name = "base"
     static_batches = False  # workers run padded static batches
     prediction_source = "model"  # "oracle": the manager feeds true lengths
     uses_predictions = True  # False: no prompt scoring, no PLP (length-blind costs nothing extra)
 
-    def place(self, m: "BucketManager", sample_ids: list[str]) -> None:
+    def place(self, m: SchedulerView, sample_ids: list[str]) -> dict[str, int]:
         """Default: samples wait in the shared pool, for whichever worker frees a slot."""
+        return {}
 
-    def admit(self, m: "BucketManager", w: "WorkerState", free: int) -> list[str]:
+    def admit(self, m: SchedulerView, w: WorkerView, free: int) -> list[str]:
         return list(w.queue)[:free] + list(islice(m.pool, max(0, free - len(w.queue))))
 
-    def migrate(self, m: "BucketManager", w: "WorkerState", now: float) -> list[tuple[str, int, int]]:
+    def migrate(self, m: SchedulerView, w: WorkerView, now: float) -> list[Migration]:
         """Called after worker w reported at time `now`."""
         return []
 
@@ -69,9 +76,14 @@ class FCFS(Policy):
     uses_predictions = False
 
     def place(self, m, sample_ids):
+        """Each sample to the worker with the fewest in-flight samples, counting those placed before it."""
+        load = {w.worker_id: w.in_flight for w in m.alive_workers()}
+        placed = {}
         for sid in sample_ids:
-            target = min(m.alive_workers(), key=lambda w: (w.in_flight, w.worker_id))
-            m.place(sid, target.worker_id)
+            target = min(load, key=lambda w: (load[w], w))
+            placed[sid] = target
+            load[target] += 1
+        return placed
 
     def admit(self, m, w, free):
         return list(w.queue)[:free]
@@ -85,7 +97,7 @@ class StaticPadded(FCFS):
         return list(w.queue)[: w.slots] if not w.running else []
 
 
-def longest_first(m: "BucketManager", ids) -> list[str]:
+def longest_first(m: SchedulerView, ids) -> list[str]:
     """Descending bucket of predicted remaining length; arrival order within a bucket."""
     return sorted(ids, key=lambda sid: (-m.bucket(sid), m.samples[sid].arrival))
 
@@ -113,10 +125,13 @@ class LengthAware(Policy):
         self._order: list[str] = []
         self.plans: list[dict] = []  # every plan comparison made, for the report
 
-    def _replan(self, m: "BucketManager") -> None:
+    def _replan(self, m: SchedulerView) -> None:
         """Compare the length-blind admission order with longest-first on the cost model."""
         size = len(m.pool)
-        if self._plan_pool_size is not None and abs(size - self._plan_pool_size) <= self.replan_fraction * self._plan_pool_size:
+        if (
+            self._plan_pool_size is not None
+            and abs(size - self._plan_pool_size) <= self.replan_fraction * self._plan_pool_size
+        ):
             return
         self._plan_pool_size = size
         if not (m.trusted("admission") or m.trusted("inflight")) or size == 0:
@@ -150,12 +165,17 @@ class LengthAware(Policy):
         re-prefill (twice over) and `min_gain` of that finish. Only with proven in-flight predictions."""
         if m.pool or not w.alive or w.committed >= w.slots or not m.trusted("inflight"):
             return []
-        others = [o for o in m.alive_workers() if o is not w and any(m.samples[s].migrating_to is None for s in o.running)]
+        others = [
+            o for o in m.alive_workers() if o is not w and any(m.samples[s].migrating_to is None for s in o.running)
+        ]
         if not others:
             return []
         src = max(others, key=lambda o: o.finish_at)
-        mine = list(w.running) + [a.sample.sample_id for a in w.imports] + [
-            sid for o in others for sid in o.exports if m.samples[sid].migrating_to == w.worker_id]
+        mine = (
+            list(w.running)
+            + w.importing()
+            + [sid for o in others for sid in o.exports if m.samples[sid].migrating_to == w.worker_id]
+        )
         movable = [s for s in src.running if m.samples[s].migrating_to is None]
         before = max(m.finish_estimate(movable), m.finish_estimate(mine))
         best = None
@@ -170,7 +190,7 @@ class LengthAware(Policy):
         if best is None:
             return []
         self._moves[best[1]] = self._moves.get(best[1], 0) + 1
-        return [(best[1], src.worker_id, w.worker_id)]
+        return [Migration(best[1], src.worker_id, w.worker_id)]
 
 
 @register_policy("oracle")

@@ -1,5 +1,7 @@
 """Benchmark of linear_entropy: peak memory and time, naive vs chunked on CPU (+ triton / torch.compile on CUDA).
 
+    rollout-len bench kernels --json docs/results/kernels.json [--quick]
+
 CPU memory method: each implementation runs in its own fresh Python subprocess. The child builds the inputs,
 runs the op once on a tiny problem (so one-time library/thread-pool setup is not billed to the op), records
 its resident set size (VmRSS), resets the kernel's RSS high-water mark (`echo 5 > /proc/self/clear_refs`,
@@ -15,12 +17,13 @@ min_bytes = the inputs read once + the outputs written once, flops = 2*T*V*d. pe
 large device-to-device copy; peak_flops comes from ROLLOUT_LEN_PEAK_TFLOPS or a small table of bf16 dense
 peaks, else a measured large bf16 matmul.
 
-    from rollout_len.kernels import bench; bench.run("kernels.json")           # or: python -m rollout_len.kernels.bench
+    from rollout_len.bench import kernels; kernels.run("kernels.json")    # or: python -m rollout_len.bench.kernels
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -32,6 +35,10 @@ import time
 from typing import Any
 
 import torch
+
+from rollout_len.bench import write_json
+from rollout_len.kernels import linear_entropy
+from rollout_len.kernels.entropy import _linear_entropy_naive
 
 __all__ = ["run"]
 
@@ -75,8 +82,6 @@ def _reset_hwm() -> bool:
 
 
 def _child(impl: str, T: int, V: int, d: int, repeats: int, out_path: str) -> dict[str, Any]:
-    from rollout_len.kernels import linear_entropy
-
     hidden, weight = _make_inputs(T, V, d, torch.float32, "cpu")
     linear_entropy(hidden[:8], weight[:1024], impl=impl)  # warm-up: library init, thread pool, code pages
     peaks, times, result = [], [], None
@@ -96,8 +101,12 @@ def _child(impl: str, T: int, V: int, d: int, repeats: int, out_path: str) -> di
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
         peaks.append(max(0, (hwm or 0) - (rss0 or 0)) * 1024)
     torch.save(result, out_path)
-    return {"peak_bytes": int(max(peaks)), "time_s": float(min(times)), "method": method,
-            "threads": torch.get_num_threads()}
+    return {
+        "peak_bytes": int(max(peaks)),
+        "time_s": float(min(times)),
+        "method": method,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def _run_child(impl: str, shape: dict[str, int], repeats: int, out_path: str, threads: int | None) -> dict[str, Any]:
@@ -105,8 +114,23 @@ def _run_child(impl: str, shape: dict[str, int], repeats: int, out_path: str, th
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
         env["MKL_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, "-m", "rollout_len.kernels.bench", "--child", impl, "--T", str(shape["T"]),
-           "--V", str(shape["V"]), "--d", str(shape["d"]), "--repeats", str(repeats), "--out", out_path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rollout_len.bench.kernels",
+        "--child",
+        impl,
+        "--T",
+        str(shape["T"]),
+        "--V",
+        str(shape["V"]),
+        "--d",
+        str(shape["d"]),
+        "--repeats",
+        str(repeats),
+        "--out",
+        out_path,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench child for impl={impl} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -188,8 +212,6 @@ def _cuda_time(fn, reps: int = 3) -> float:
 
 
 def _cuda(quick: bool) -> dict[str, Any]:
-    from rollout_len.kernels.entropy import _linear_entropy_naive, linear_entropy
-
     peak_bw = _cuda_peak_bw()
     peak_flops, flops_src = _cuda_peak_flops()
     compiled = torch.compile(_linear_entropy_naive, dynamic=False)
@@ -211,7 +233,7 @@ def _cuda(quick: bool) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             try:
-                secs = _cuda_time(lambda: fn(hidden, weight))
+                secs = _cuda_time(functools.partial(fn, hidden, weight))
                 res = fn(hidden, weight)
             except torch.cuda.OutOfMemoryError:
                 row[name] = {"error": "out of memory"}
@@ -234,8 +256,13 @@ def _cuda(quick: bool) -> dict[str, Any]:
             row["triton"]["max_abs_diff_vs_naive"] = float(diff.abs().max())
         rows.append(row)
         del hidden, weight, ref
-    return {"device": torch.cuda.get_device_name(), "peak_bw_bytes_s": peak_bw, "peak_flops": peak_flops,
-            "peak_flops_source": flops_src, "shapes": rows}
+    return {
+        "device": torch.cuda.get_device_name(),
+        "peak_bw_bytes_s": peak_bw,
+        "peak_flops": peak_flops,
+        "peak_flops_source": flops_src,
+        "shapes": rows,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -248,17 +275,23 @@ def _fmt_bytes(n: float) -> str:
 def _print_table(result: dict[str, Any]) -> None:
     cpu = result["cpu"]
     s = cpu["shape"]
-    print(f"linear_entropy on CPU, T={s['T']} V={s['V']} d={s['d']} float32, {cpu['threads']} thread(s), "
-          f"peak = {cpu['method']}")
+    print(
+        f"linear_entropy on CPU, T={s['T']} V={s['V']} d={s['d']} float32, {cpu['threads']} thread(s), "
+        f"peak = {cpu['method']}"
+    )
     print(f"{'impl':<10}{'peak memory':>16}{'time':>12}")
     for impl in ("naive", "chunked"):
         print(f"{impl:<10}{_fmt_bytes(cpu[impl]['peak_bytes']):>16}{cpu[impl]['time_s']:>11.3f}s")
-    print(f"chunked/naive peak = {cpu['peak_ratio']:.4f} (target <= 0.1), max |diff| = {cpu['max_abs_diff']:.3e} "
-          f"(tol {CPU_TOL:g}) -> {'OK' if cpu['target_met'] else 'MISSED'}")
+    print(
+        f"chunked/naive peak = {cpu['peak_ratio']:.4f} (target <= 0.1), max |diff| = {cpu['max_abs_diff']:.3e} "
+        f"(tol {CPU_TOL:g}) -> {'OK' if cpu['target_met'] else 'MISSED'}"
+    )
     if "cuda" in result:
         cuda = result["cuda"]
-        print(f"\nlinear_entropy on {cuda['device']} bf16 (peak bw {cuda['peak_bw_bytes_s'] / 1e12:.2f} TB/s, "
-              f"peak {cuda['peak_flops'] / 1e12:.0f} TFLOP/s from {cuda['peak_flops_source']})")
+        print(
+            f"\nlinear_entropy on {cuda['device']} bf16 (peak bw {cuda['peak_bw_bytes_s'] / 1e12:.2f} TB/s, "
+            f"peak {cuda['peak_flops'] / 1e12:.0f} TFLOP/s from {cuda['peak_flops_source']})"
+        )
         print(f"{'T':>7}{'impl':>15}{'peak memory':>16}{'time':>12}{'roofline':>10}")
         for row in cuda["shapes"]:
             for name in ("triton", "naive", "torch_compile"):
@@ -266,8 +299,10 @@ def _print_table(result: dict[str, Any]) -> None:
                 if "error" in r:
                     print(f"{row['T']:>7}{name:>15}{r['error']:>38}")
                 elif r:
-                    print(f"{row['T']:>7}{name:>15}{_fmt_bytes(r['peak_bytes']):>16}{r['time_s'] * 1e3:>10.2f}ms"
-                          f"{r['roofline_fraction']:>10.1%}")
+                    print(
+                        f"{row['T']:>7}{name:>15}{_fmt_bytes(r['peak_bytes']):>16}{r['time_s'] * 1e3:>10.2f}ms"
+                        f"{r['roofline_fraction']:>10.1%}"
+                    )
 
 
 def run(json_path: str | None, quick: bool = False, *, threads: int | None = None) -> dict[str, Any]:
@@ -281,10 +316,7 @@ def run(json_path: str | None, quick: bool = False, *, threads: int | None = Non
     if torch.cuda.is_available():
         result["cuda"] = _cuda(quick)
     _print_table(result)
-    if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
+    write_json(result, json_path)
     return result
 
 

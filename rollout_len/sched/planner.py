@@ -11,13 +11,19 @@ import heapq
 
 import numpy as np
 
-from rollout_len.rollout.costmodel import CostModel
+from rollout_len.sched.costmodel import CostModel
 
 __all__ = ["estimate_makespan"]
 
 
-def estimate_makespan(running: list[np.ndarray], queue: np.ndarray, slots: list[int], cost: CostModel,
-                      mean_context: float = 0.0, ready_at: list[float] | None = None) -> float:
+def estimate_makespan(
+    running: list[np.ndarray],
+    queue: np.ndarray,
+    slots: list[int],
+    cost: CostModel,
+    mean_context: float = 0.0,
+    ready_at: list[float] | None = None,
+) -> float:
     """Estimated time until every running and queued sample ends.
 
     running[w]: remaining tokens of worker w's samples; queue: remaining tokens of waiting samples

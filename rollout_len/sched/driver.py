@@ -4,8 +4,8 @@
         every idle worker with work gets its next Orders from the manager;
         wait for any worker's Report (or its death) and hand it to the manager.
 
-A `Cluster` is anything with `submit(worker_id, orders)`, `wait_any()` and `now()`: Ray actors
-(rollout_len.rollout.coordinator) or simulated workers (rollout_len.rollout.sim).
+A `Cluster` is anything with `submit(worker_id, orders)`, `wait_any()` and `now()`: Ray actors or
+in-process workers (rollout_len.rollout.coordinator) or simulated workers (rollout_len.sched.simulator).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from rollout_len.rollout.manager import BucketManager
-from rollout_len.rollout.messages import Orders, Report
-from rollout_len.rollout.timeline import Chunk, Timeline
+from rollout_len.sched.bucket_manager import BucketManager
+from rollout_len.sched.messages import Orders, Report
+from rollout_len.sched.timeline import Chunk, Timeline
 
 __all__ = ["Cluster", "WorkerDied", "drive"]
 

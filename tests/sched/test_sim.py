@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from rollout_len.rollout import CostModel, BucketManager, make_policy, load_trace
-from rollout_len.rollout.driver import drive
-from rollout_len.rollout.planner import estimate_makespan
-from rollout_len.rollout.sim import simulate
+from rollout_len.sched import BucketManager, CostModel, load_trace, make_policy
+from rollout_len.sched.driver import drive
+from rollout_len.sched.planner import estimate_makespan
+from rollout_len.sched.predictions import PredictionQuality
+from rollout_len.sched.simulator import simulate
 
 CPU = CostModel(step_base_s=0.1, per_seq_s=0.01, prefill_per_token_s=1e-4)
 
@@ -45,12 +46,15 @@ def test_cost_profile_needs_sources(tmp_path):
         CostModel(step_base_s=-1.0, per_seq_s=0.1)
 
 
-@pytest.mark.parametrize("content,match", [
-    ({"groups": [[10, -3]]}, "invalid lengths"),
-    ({"groups": [[10, None]]}, "invalid lengths"),
-    ({"groups": [[]]}, "no lengths"),
-    ({"lengths": [1]}, "not a length trace"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ({"groups": [[10, -3]]}, "invalid lengths"),
+        ({"groups": [[10, None]]}, "invalid lengths"),
+        ({"groups": [[]]}, "no lengths"),
+        ({"lengths": [1]}, "not a length trace"),
+    ],
+)
 def test_trace_validation(tmp_path, content, match):
     path = tmp_path / "t.json"
     path.write_text(json.dumps(content))
@@ -104,12 +108,19 @@ def test_bucketing_cuts_padding_with_good_predictions():
 
 
 def test_noise_predictions_fall_back_to_length_blind():
-    from rollout_len.rollout import PredictionQuality
-
     ratios = []
     for seed in range(10, 14):
         quality = PredictionQuality()  # warmed by an earlier step, as in RL
-        simulate("length_aware", long_tail_groups(32, 8, seed=seed + 10), 4, 4, CPU, 400, predictions="noise", quality=quality)
+        simulate(
+            "length_aware",
+            long_tail_groups(32, 8, seed=seed + 10),
+            4,
+            4,
+            CPU,
+            400,
+            predictions="noise",
+            quality=quality,
+        )
         groups = long_tail_groups(32, 8, seed=seed)
         noisy = simulate("length_aware", groups, 4, 4, CPU, 400, predictions="noise", quality=quality)
         fcfs = simulate("fcfs", groups, 4, 4, CPU, 400)
@@ -122,7 +133,7 @@ def test_noise_predictions_fall_back_to_length_blind():
 def test_tail_migration_pays_on_a_batch_sensitive_cost_model():
     # Longest-first puts the three long samples on one worker; once the other runs dry, moving one
     # over (re-prefill included) beats leaving the batch of three to finish alone.
-    from rollout_len.rollout.policies import POLICIES, Oracle, register_policy
+    from rollout_len.sched.policies import POLICIES, Oracle, register_policy
 
     @register_policy("oracle_without_migration")
     class NoMigration(Oracle):

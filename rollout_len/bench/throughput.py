@@ -23,7 +23,9 @@ from rollout_len.sample import Sample, SamplingParams
 __all__ = ["run"]
 
 
-def _decode_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int, temperature: float = 1.0) -> dict:
+def _decode_throughput(
+    policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int, temperature: float = 1.0
+) -> dict:
     """Tokens/s of decode steps only (prefill excluded) with `batch` samples running together."""
     engine = DecodeEngine(policy, EngineConfig(max_batch_size=batch))
     params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens, ignore_stop=True)
@@ -37,16 +39,25 @@ def _decode_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_to
         steps += 1
     end = time.perf_counter()
     return {
-        "batch": batch, "tokens": tokens, "time_s": end - decode_start, "tok_s": tokens / (end - decode_start),
-        "step_ms": 1e3 * (end - decode_start) / steps, "tok_s_with_prefill": (first + tokens) / (end - start),
+        "batch": batch,
+        "tokens": tokens,
+        "time_s": end - decode_start,
+        "tok_s": tokens / (end - decode_start),
+        "step_ms": 1e3 * (end - decode_start) / steps,
+        "tok_s_with_prefill": (first + tokens) / (end - start),
     }
 
 
 def _hf_generate_throughput(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int) -> dict:
     """The same work through `model.generate` (DynamicCache, grows by concatenation), for reference."""
     ids = torch.tensor([prompt_ids] * batch, device=policy.model.device)
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                  attention_mask=torch.ones_like(ids), pad_token_id=policy.stop_ids[0] if policy.stop_ids else 0)
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        attention_mask=torch.ones_like(ids),
+        pad_token_id=policy.stop_ids[0] if policy.stop_ids else 0,
+    )
     start = time.perf_counter()
     with torch.inference_mode():
         policy.model.generate(ids, **kwargs)
@@ -89,8 +100,12 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     batches = [1, 8] if quick else [1, 8, 32, 64]
     result: dict = {
         "model": model,
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        },
         "prompt_tokens": len(prompts[0]),
     }
 
@@ -104,22 +119,39 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     cache_batch, cache_tokens = (8, 32) if quick else (32, 128)
     ours = _decode_throughput(policy, prompts[0], cache_batch, cache_tokens, temperature=0.0)  # greedy, as HF below
     hf = _hf_generate_throughput(policy, prompts[0], cache_batch, cache_tokens)
-    result["kv_cache"] = {"batch": cache_batch, "new_tokens": cache_tokens, "slot_cache_engine": ours, "hf_generate_dynamic_cache": hf}
-    print(f"KV cache, batch {cache_batch} x {cache_tokens} tokens: engine (slot cache) {ours['tok_s_with_prefill']:.1f} tok/s, "
-          f"HF generate (DynamicCache) {hf['tok_s']:.1f} tok/s (both greedy, incl. prefill)")
+    result["kv_cache"] = {
+        "batch": cache_batch,
+        "new_tokens": cache_tokens,
+        "slot_cache_engine": ours,
+        "hf_generate_dynamic_cache": hf,
+    }
+    print(
+        f"KV cache, batch {cache_batch} x {cache_tokens} tokens: "
+        f"engine (slot cache) {ours['tok_s_with_prefill']:.1f} tok/s, "
+        f"HF generate (DynamicCache) {hf['tok_s']:.1f} tok/s (both greedy, incl. prefill)"
+    )
 
     count, max_len, slots = (16, 48, 4) if quick else (64, 256, 16)
     lengths = _long_tail_lengths(count, max_len, seed)
-    mix = {"samples": count, "slots": slots, "lengths": {"mean": float(np.mean(lengths)), "max": max(lengths),
-                                                          "p50": float(np.median(lengths))}}
+    mix = {
+        "samples": count,
+        "slots": slots,
+        "lengths": {"mean": float(np.mean(lengths)), "max": max(lengths), "p50": float(np.median(lengths))},
+    }
     for name, static in (("continuous", False), ("static_padded", True)):
         mix[name] = _mix_run(policy, prompts, lengths, slots, static)
     mix["static_over_continuous_time"] = mix["static_padded"]["time_s"] / mix["continuous"]["time_s"]
     result["long_tail_mix"] = mix
-    print(f"long-tailed mix: {count} samples, lengths mean {mix['lengths']['mean']:.0f} / max {max(lengths)}, {slots} slots")
+    print(
+        f"long-tailed mix: {count} samples, lengths mean {mix['lengths']['mean']:.0f} / max {max(lengths)}, "
+        f"{slots} slots"
+    )
     for name in ("continuous", "static_padded"):
         r = mix[name]
-        print(f"  {name:14s} {r['time_s']:7.1f} s  {r['tok_s']:6.1f} useful tok/s  padded fraction {r['padded_fraction']:.3f}")
+        print(
+            f"  {name:14s} {r['time_s']:7.1f} s  {r['tok_s']:6.1f} useful tok/s  "
+            f"padded fraction {r['padded_fraction']:.3f}"
+        )
     print(f"  static / continuous time: {mix['static_over_continuous_time']:.2f}x")
 
     write_json(result, json_path)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rollout_len.rollout.costmodel import CostModel
-from rollout_len.rollout.driver import WorkerDied, drive
-from rollout_len.rollout.manager import BucketManager, PredictionQuality
-from rollout_len.rollout.messages import Admission, Orders, Progress, Report
-from rollout_len.rollout.policies import make_policy
-from rollout_len.rollout.timeline import Timeline
 from rollout_len.sample import Sample, SampleStatus, SamplingParams
+from rollout_len.sched.bucket_manager import BucketManager
+from rollout_len.sched.costmodel import CostModel
+from rollout_len.sched.driver import WorkerDied, drive
+from rollout_len.sched.messages import Orders, Progress, Report
+from rollout_len.sched.policies import make_policy
+from rollout_len.sched.predictions import PredictionQuality
+from rollout_len.sched.timeline import Timeline
 
 __all__ = ["load_trace", "SimWorker", "SimCluster", "SimResult", "simulate", "lower_bound_s"]
 
@@ -45,7 +46,10 @@ def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
             data = json.loads(text)
             groups, max_new_tokens = data["groups"], data.get("max_new_tokens")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a length trace ({err!r}); expected {{\"groups\": [[...], ...]}} or JSONL of {{\"lengths\": [...]}}") from err
+        raise ValueError(
+            f"{path}: not a length trace ({err!r}); "
+            'expected {"groups": [[...], ...]} or JSONL of {"lengths": [...]}'
+        ) from err
     if not groups:
         raise ValueError(f"{path}: the trace has no groups")
     for i, g in enumerate(groups):
@@ -68,12 +72,26 @@ def lower_bound_s(lengths: list[int], num_workers: int, slots: int, cost: CostMo
 class SimWorker:
     """A worker that spends cost-model time instead of running a model."""
 
-    def __init__(self, worker_id: int, cost: CostModel, true_lengths: dict[str, int], group_means: dict[str, float],
-                 sigma: float = 0.5, seed: int = 0):
-        self.worker_id, self.cost, self.true, self.group_means, self.sigma = worker_id, cost, true_lengths, group_means, sigma
+    def __init__(
+        self,
+        worker_id: int,
+        cost: CostModel,
+        true_lengths: dict[str, int],
+        group_means: dict[str, float],
+        sigma: float = 0.5,
+        seed: int = 0,
+    ):
+        self.worker_id, self.cost, self.true, self.group_means, self.sigma = (
+            worker_id,
+            cost,
+            true_lengths,
+            group_means,
+            sigma,
+        )
         self.rng = np.random.default_rng(seed + 7919 * worker_id)
         self.running: dict[str, Sample] = {}
         self.padding: set[str] = set()  # static batches: finished rows still computed
+        self.reported: dict[str, int] = {}  # sample -> output tokens already reported
 
     def _noisy(self, value: float) -> float:
         return float(value * np.exp(self.sigma * self.rng.standard_normal()))
@@ -83,8 +101,8 @@ class SimWorker:
         duration = 0.0
         for sid in orders.export:
             sample = self.running.pop(sid)
-            sample.status = SampleStatus.MIGRATING
-            report.exported.append(Admission(sample))
+            self._report_progress(sample, report)
+            report.exported[sid] = None
         for group, ids, _ in orders.score:
             duration += self.cost.prefill_time(len(ids))
             report.scores[group] = (None, self._noisy(self.group_means[group]))
@@ -92,15 +110,17 @@ class SimWorker:
             sample = adm.sample
             duration += self.cost.prefill_time(sample.num_tokens)
             self.running[sample.sample_id] = sample
+            self.reported[sample.sample_id] = sample.num_output
         steps = 0
-        progress_from = {sid: s.num_output for sid, s in self.running.items()}
         while steps < orders.max_steps and self.running:
             live = [s for sid, s in self.running.items() if sid not in self.padding]
             left = min(self.true[s.sample_id] - s.num_output for s in live)
             n = max(1, min(orders.max_steps - steps, left))
             batch = len(self.running)
             ctx0 = sum(s.num_tokens for s in self.running.values())
-            duration += n * self.cost.step_time(batch, 0) + self.cost.per_context_token_s * (n * ctx0 + len(live) * n * (n - 1) / 2)
+            duration += n * self.cost.step_time(batch, 0) + self.cost.per_context_token_s * (
+                n * ctx0 + len(live) * n * (n - 1) / 2
+            )
             report.batch_sizes += [batch] * n
             report.decode_tokens += n * len(live)
             report.padded_tokens += n * len(self.padding)
@@ -110,26 +130,41 @@ class SimWorker:
                 s.output_ids.extend([0] * n)
                 s.logprobs.extend([0.0] * n)
                 if s.num_output >= self.true[s.sample_id]:
-                    s.status = SampleStatus.FINISHED_LENGTH if s.num_output >= s.params.max_new_tokens else SampleStatus.FINISHED_STOPPED
+                    s.status = (
+                        SampleStatus.FINISHED_LENGTH
+                        if s.num_output >= s.params.max_new_tokens
+                        else SampleStatus.FINISHED_STOPPED
+                    )
                     if orders.static_batches:
                         self.padding.add(s.sample_id)
                     else:
-                        report.finished.append(self.running.pop(s.sample_id))
+                        self._finished(self.running.pop(s.sample_id), report)
                         freed = True
             if orders.static_batches and self.padding and len(self.padding) == len(self.running):
-                report.finished += list(self.running.values())
-                self.running.clear(), self.padding.clear()
+                for sample in self.running.values():
+                    self._finished(sample, report)
+                self.running.clear()
+                self.padding.clear()
                 freed = True
             if freed and orders.return_on_free_slot:
                 break
         for sid, s in self.running.items():
-            if sid in self.padding:
-                continue
-            start = progress_from.get(sid, s.num_output)
-            report.progress[sid] = Progress(s.output_ids[start:], s.logprobs[start:], None,
-                                            predicted_remaining=self._noisy(self.true[sid] - s.num_output))
+            if sid not in self.padding:
+                self._report_progress(s, report, predicted=self._noisy(self.true[sid] - s.num_output))
         report.steps, report.busy_s = steps, duration
         return report, duration
+
+    def _report_progress(self, sample: Sample, report: Report, predicted: float | None = None) -> None:
+        start = self.reported.pop(sample.sample_id, sample.num_output)
+        report.progress[sample.sample_id] = Progress(
+            sample.output_ids[start:], sample.logprobs[start:], None, predicted_remaining=predicted
+        )
+        self.reported[sample.sample_id] = sample.num_output
+
+    def _finished(self, sample: Sample, report: Report) -> None:
+        self._report_progress(sample, report)
+        del self.reported[sample.sample_id]
+        report.finished[sample.sample_id] = sample.status
 
 
 class SimCluster:
@@ -172,10 +207,21 @@ class SimResult:
     policy_s: float
 
 
-def simulate(policy: str, groups: list[list[int]], num_workers: int, slots: int, cost: CostModel,
-             max_new_tokens: int | None = None, prompt_tokens: int = 128, every: int = 16,
-             predictions: str = "model", sigma: float = 0.5, quality: PredictionQuality | None = None,
-             deaths: dict[int, float] | None = None, seed: int = 0) -> SimResult:
+def simulate(
+    policy: str,
+    groups: list[list[int]],
+    num_workers: int,
+    slots: int,
+    cost: CostModel,
+    max_new_tokens: int | None = None,
+    prompt_tokens: int = 128,
+    every: int = 16,
+    predictions: str = "model",
+    sigma: float = 0.5,
+    quality: PredictionQuality | None = None,
+    deaths: dict[int, float] | None = None,
+    seed: int = 0,
+) -> SimResult:
     """One GRPO step of len(groups) prompts x len(group) samples on simulated workers."""
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -187,11 +233,28 @@ def simulate(policy: str, groups: list[list[int]], num_workers: int, slots: int,
         for j, length in enumerate(group):
             sid = f"g{p}-{j}"
             true[sid] = min(length, cap)
-            samples.append(Sample(sid, [0] * prompt_tokens, SamplingParams(max_new_tokens=cap), seed=seed, group_id=gid))
-    manager = BucketManager(make_policy(policy), num_workers, slots, cost, quality=quality, predictions=predictions,
-                            true_lengths=true, seed=seed)
+            samples.append(
+                Sample(sid, [0] * prompt_tokens, SamplingParams(max_new_tokens=cap), seed=seed, group_id=gid)
+            )
+    manager = BucketManager(
+        make_policy(policy),
+        num_workers,
+        slots,
+        cost,
+        quality=quality,
+        predictions=predictions,
+        true_lengths=true,
+        seed=seed,
+    )
     manager.submit(samples)
     workers = [SimWorker(w, cost, true, means, sigma, seed) for w in range(num_workers)]
     timeline = drive(manager, SimCluster(workers, deaths), every)
-    return SimResult(policy, timeline.end_s, manager.padded_fraction(), len(manager.migration_log),
-                     timeline.idle_fraction(), timeline, manager.policy_s)
+    return SimResult(
+        policy,
+        timeline.end_s,
+        manager.padded_fraction(),
+        len(manager.migration_log),
+        timeline.idle_fraction(),
+        timeline,
+        manager.policy_s,
+    )

@@ -1,0 +1,329 @@
+"""LengthAwareRollout: a verl agent-loop manager that generates each step's batch with rollout_len.
+
+verl's DataProto trainer (`trainer.use_v1=false`) loads the class named by
+`actor_rollout_ref.rollout.agent.agent_loop_manager_class`, calls
+`create(config, llm_client, teacher_client, reward_loop_worker_handles)` once, then
+`generate_sequences(batch)` every step and for validation. See docs/verl.md for the config lines;
+settings for the Coordinator go under `actor_rollout_ref.rollout.custom.rollout_len`.
+
+Each call turns the batch into one sample per row (rollout_len.verl.convert), runs one Coordinator
+step over the whole batch (the Coordinator is a Ray actor, so verl's actor workers can send it the
+trainer's weights: rollout_len.verl.backend), packs the samples into verl's fields, row for row, and
+scores them with verl's reward-loop workers. Outside verl's trainer (recipes/grpo_demo),
+`LengthAwareRollout.start(model, tokenizer, ...)` starts the same thing from a model name.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+
+import numpy as np
+import ray
+import torch
+from omegaconf import OmegaConf
+from verl import DataProto
+from verl.trainer.ppo.reward import get_custom_reward_fn
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
+
+from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
+from rollout_len.sched.policies import POLICIES
+from rollout_len.verl.backend import COORDINATOR_ACTOR_NAME, ROLLOUT_NAME, is_registered
+from rollout_len.verl.convert import attach_rewards, to_data_proto, to_samples
+
+__all__ = [
+    "LengthAwareRollout",
+    "check_config",
+    "DEFAULT_POLICY",
+    "SETTINGS_KEY",
+    "SEED_KEY",
+    "POLICY_KEY",
+    "RESULT_KEY",
+]
+
+DEFAULT_POLICY = "length_aware"
+SETTINGS_KEY = "actor_rollout_ref.rollout.custom.rollout_len"  # `policy` + fields of coordinator.RolloutConfig
+SEED_KEY = "rollout_len_seed"  # input meta_info: this call's seed (int)
+POLICY_KEY = "rollout_len_policy"  # input meta_info: this call's scheduling policy (a name in POLICIES)
+RESULT_KEY = "rollout_len"  # output meta_info: {"policy", "seed", "metrics", "timeline"}
+
+
+def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -> None:
+    """Refuse verl settings LengthAwareRollout cannot honour; each error names the config key."""
+    rollout = config.actor_rollout_ref.rollout
+    if config.trainer.get("use_v1", False):
+        raise ValueError(
+            "LengthAwareRollout runs on verl's DataProto trainer: set trainer.use_v1=false (the v1 trainer "
+            "expects each trajectory written to TransferQueue, which LengthAwareRollout does not do)"
+        )
+    if rollout.name != ROLLOUT_NAME:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.name={rollout.name}: set it to {ROLLOUT_NAME}, so verl sends the trainer's "
+            f"weights to LengthAwareRollout and starts no {rollout.name} servers"
+        )
+    if not is_registered():
+        raise ValueError(
+            f"verl does not know actor_rollout_ref.rollout.name={ROLLOUT_NAME}: the rollout_len plugin did not load "
+            "(reinstall rollout_len with pip so its verl.plugins entry point exists, and do not set "
+            "VERL_USE_EXTERNAL_PLUGINS=none)"
+        )
+    for key in ("tensor_model_parallel_size", "data_parallel_size", "pipeline_model_parallel_size"):
+        if rollout.get(key, 1) != 1:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.{key}={rollout.get(key)}: the length_aware engine holds one whole "
+                "model copy per worker; set it to 1"
+            )
+    if rollout.multi_turn.enable or rollout.agent.default_agent_loop != "single_turn_agent":
+        raise ValueError(
+            "LengthAwareRollout generates single-turn responses: set actor_rollout_ref.rollout.multi_turn.enable=false "
+            "and actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"
+        )
+    if teacher_client is not None:
+        raise ValueError("LengthAwareRollout does not compute teacher log-probs: set distillation.enabled=false")
+    if reward_loop_worker_handles is None and not config.reward.reward_model.enable:
+        raise ValueError(
+            "no reward function: LengthAwareRollout scores responses with verl's reward-loop workers, and none were "
+            "given; with reward.reward_model.enable=false verl's trainer passes them (rule rewards by data_source, "
+            "or reward.custom_reward_function.path)"
+        )
+    try:
+        get_custom_reward_fn(config)
+    except (FileNotFoundError, AttributeError, RuntimeError, ImportError) as err:
+        raise ValueError(f"reward.custom_reward_function.path / .name cannot be loaded: {err}") from err
+
+
+def _check_context(rollout, hf_config) -> None:
+    context = getattr(hf_config, "max_position_embeddings", None)
+    needed = int(rollout.prompt_length) + int(rollout.response_length)
+    if context is not None and needed > context:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.prompt_length + response_length = {needed} tokens (data.max_prompt_length + "
+            f"data.max_response_length) exceed the model's context of {context}"
+        )
+
+
+def _check_policy(policy: object, key: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"{key}={policy}: unknown scheduling policy; valid: {sorted(POLICIES)}")
+    return str(policy)
+
+
+def _coordinator_settings(rollout) -> tuple[str, RolloutConfig]:
+    custom = rollout.get("custom") or {}
+    settings = dict(custom.get("rollout_len") or {})
+    policy = _check_policy(settings.pop("policy", DEFAULT_POLICY), f"{SETTINGS_KEY}.policy")
+    return policy, _coordinator_config(settings, SETTINGS_KEY)
+
+
+def _coordinator_config(settings: dict, key: str) -> RolloutConfig:
+    try:
+        return RolloutConfig(**settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{key}: {err}") from err
+
+
+def _start_coordinator(model: str, config: RolloutConfig):
+    """The Coordinator as a named Ray actor (verl's actor workers find it by name to send weights)."""
+    actor_class = ray.remote(Coordinator).options(name=COORDINATOR_ACTOR_NAME, num_cpus=1)
+    return actor_class.remote(model=model, config=config)
+
+
+class LengthAwareRollout:
+    """verl agent-loop manager backed by rollout_len's length-aware Coordinator.
+
+    Made by `create` (verl's trainer) or `start` (anything else); then `generate_sequences` per
+    batch, `update_weights` after each optimizer step, `worker_logits` to check a weight sync, and
+    `shutdown` at the end.
+    """
+
+    def __init__(
+        self,
+        rollout,
+        coordinator,
+        tokenizer,
+        *,
+        policy: str = DEFAULT_POLICY,
+        seed: int = 0,
+        hf_model_type: str | None = None,
+        chat_template_kwargs: dict | None = None,
+        reward_loop_worker_handles: list | None = None,
+    ):
+        """Use `create` or `start`. `rollout`: verl's `actor_rollout_ref.rollout` section (prompt_length,
+        response_length, temperature, top_p, top_k, ignore_eos, val_kwargs); `coordinator`: the Ray
+        handle of a Coordinator; `seed`: the Coordinator config's seed (default seeds derive from it)."""
+        self._rollout = rollout
+        self._coordinator = coordinator  # Ray actor handle of rollout_len.rollout.coordinator.Coordinator
+        self._policy = _check_policy(policy, "policy")
+        self._seed = seed
+        self._calls = 0
+        self._reward_workers = reward_loop_worker_handles
+        self._pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._token_builder = create_continuous_token_builder(
+            tokenizer, hf_model_type=hf_model_type, chat_template_kwargs=dict(chat_template_kwargs or {})
+        )
+
+    @classmethod
+    def create(
+        cls, config, llm_client=None, teacher_client=None, reward_loop_worker_handles=None
+    ) -> LengthAwareRollout:
+        """What verl's trainer calls. `llm_client` (verl's server client) is not used: nothing runs there."""
+        check_config(config, teacher_client, reward_loop_worker_handles)
+        model_config = omega_conf_to_dataclass(config.actor_rollout_ref.model)
+        _check_context(config.actor_rollout_ref.rollout, model_config.hf_config)
+        policy, coordinator_config = _coordinator_settings(config.actor_rollout_ref.rollout)
+        coordinator = _start_coordinator(model_config.local_path, coordinator_config)
+        hf_model_type = getattr(model_config.hf_config, "model_type", None)
+        return cls(
+            config.actor_rollout_ref.rollout,
+            coordinator,
+            model_config.tokenizer,
+            policy=policy,
+            seed=coordinator_config.seed,
+            hf_model_type=hf_model_type if isinstance(hf_model_type, str) else None,
+            chat_template_kwargs=config.data.get("apply_chat_template_kwargs"),
+            reward_loop_worker_handles=reward_loop_worker_handles,
+        )
+
+    @classmethod
+    def start(
+        cls,
+        model: str,
+        tokenizer,
+        *,
+        prompt_length: int,
+        response_length: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = -1,
+        policy: str = DEFAULT_POLICY,
+        hf_model_type: str | None = None,
+        settings: dict | None = None,
+    ) -> LengthAwareRollout:
+        """Outside verl's trainer: start a Coordinator for `model` and wrap it; no rewards are computed.
+
+        Args:
+            model: what `rollout_len.model.load_policy` takes (embedded name, folder, Hugging Face id).
+            tokenizer: the policy's tokenizer (its chat template builds the prompts).
+            prompt_length / response_length: the most prompt tokens (longer prompts raise ValueError) and
+                the response budget (max_new_tokens), in tokens.
+            temperature / top_p / top_k: sampling, as verl's rollout config takes them (top_k=-1: off);
+                batches with meta_info["validate"] are greedy.
+            policy: the default scheduling policy (a name in rollout_len.sched.policies.POLICIES).
+            hf_model_type: the model's `config.model_type`, which picks verl's token builder.
+            settings: fields of `rollout_len.rollout.coordinator.RolloutConfig` (unknown ones raise ValueError).
+
+        The Coordinator runs as the named Ray actor that verl's weight receivers look for (one at a time;
+        Ray starts locally if it is not running). Raises ValueError for an unknown policy or setting.
+        """
+        _check_policy(policy, "policy")
+        config = _coordinator_config(dict(settings or {}), "settings")
+        rollout = OmegaConf.create(
+            {
+                "prompt_length": prompt_length,
+                "response_length": response_length,
+                "temperature": temperature,
+                "top_p": top_p,
+                "top_k": top_k,
+                "ignore_eos": False,
+                "val_kwargs": {"temperature": 0.0, "top_p": 1.0, "top_k": -1},
+            }
+        )
+        return cls(
+            rollout,
+            _start_coordinator(model, config),
+            tokenizer,
+            policy=policy,
+            seed=config.seed,
+            hf_model_type=hf_model_type,
+        )
+
+    def generate_sequences(self, prompts: DataProto) -> DataProto:
+        """One response per row of a verl generation batch, in verl's agent-loop output format, row for row.
+
+        Each row is generated from its own `raw_prompt`, in the GRPO group of its `uid`. Optional input
+        meta_info: `rollout_len_seed` (int; default: the Coordinator config's seed + the number of
+        earlier calls) and `rollout_len_policy` (a scheduling policy name; default: the configured one).
+        The same seed gives the same tokens under every policy. Unknown policies raise ValueError,
+        non-integer seeds TypeError.
+
+        Output meta_info:
+            timing: the phases in seconds (`rollout_len/tokenize_s`, `generate_s`, `pack_s`,
+                `compute_score_s`) and the Coordinator's step metrics, all under `rollout_len/`; verl's
+                trainer logs them as `timing_s/rollout_len/...`.
+            rollout_len: {"policy": str, "seed": int, "metrics": {name: float} (the Coordinator's step
+                metrics: step_time_s, padded_fraction, migrations, worker_idle_fraction, predictor_mae,
+                tokens_per_s, ...), "timeline": Timeline.to_dict() (per-worker chunks, migrations)}.
+            reward_extra_keys: with reward workers, the extra reward fields (see convert.attach_rewards).
+        """
+        start = time.perf_counter()
+        policy, seed = self._call_settings(prompts.meta_info)
+        samples = to_samples(prompts, self._token_builder, self._rollout, seed)
+        tokenized = time.perf_counter()
+        result = ray.get(self._coordinator.run_step.remote(samples, policy))
+        generated = time.perf_counter()
+        prompt_length, response_length = int(self._rollout.prompt_length), int(self._rollout.response_length)
+        output = to_data_proto(result.samples, prompt_length, response_length, self._pad_token_id)
+        packed = time.perf_counter()
+        if self._reward_workers is not None:
+            self._score(output, prompts)
+        scored = time.perf_counter()
+        metrics = {key: float(value) for key, value in result.metrics.items()}
+        output.meta_info["timing"] = {
+            "rollout_len/tokenize_s": tokenized - start,
+            "rollout_len/generate_s": generated - tokenized,
+            "rollout_len/pack_s": packed - generated,
+            "rollout_len/compute_score_s": scored - packed,
+            **{f"rollout_len/{key}": value for key, value in metrics.items()},
+        }
+        output.meta_info[RESULT_KEY] = {
+            "policy": policy,
+            "seed": seed,
+            "metrics": metrics,
+            "timeline": result.timeline.to_dict(),
+        }
+        return output
+
+    def _call_settings(self, meta_info: dict) -> tuple[str, int]:
+        """(policy, seed) of one call; every call, with or without a seed, advances the default seed."""
+        default_seed = self._seed + self._calls
+        self._calls += 1
+        policy = _check_policy(meta_info.get(POLICY_KEY, self._policy), f"meta_info[{POLICY_KEY!r}]")
+        seed = meta_info.get(SEED_KEY, default_seed)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"meta_info[{SEED_KEY!r}] must be an int, got {seed!r}")
+        return policy, int(seed)
+
+    def _score(self, output: DataProto, inputs: DataProto) -> None:
+        """Rewards from verl's reward-loop workers (rule checkers by data_source, or the custom function)."""
+        scoring = DataProto(
+            batch=output.batch, non_tensor_batch={**inputs.non_tensor_batch, **output.non_tensor_batch}, meta_info={}
+        )
+        bounds = np.linspace(0, len(scoring), len(self._reward_workers) + 1).astype(int)
+        refs = [
+            worker.compute_score_batch.remote(scoring[int(lo) : int(hi)])
+            for worker, lo, hi in zip(self._reward_workers, bounds[:-1], bounds[1:])
+            if hi > lo
+        ]
+        try:
+            results = [result for chunk in ray.get(refs) for result in chunk]
+        except NotImplementedError as err:
+            raise ValueError(
+                "no reward function for this data: verl's rule rewards do not know its data_source; set "
+                f"reward.custom_reward_function.path ({err})"
+            ) from err
+        attach_rewards(output, results)
+
+    def update_weights(self, state_dict: dict) -> None:
+        """Load new policy weights (Hugging Face names -> CPU tensors) into the Coordinator's workers."""
+        ray.get(self._coordinator.update_weights.remote(state_dict))
+
+    def worker_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
+        """Each rollout worker's next-token logits after `prompt_ids`: one float32 CPU tensor (vocab,) per
+        worker, to compare with the trainer's after `update_weights`."""
+        return [logits.float().cpu() for logits in ray.get(self._coordinator.worker_logits.remote(prompt_ids))]
+
+    def shutdown(self) -> None:
+        """Stop the Coordinator and its workers."""
+        ray.get(self._coordinator.shutdown.remote())
+        ray.kill(self._coordinator)
