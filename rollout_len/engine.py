@@ -170,7 +170,14 @@ class DecodeEngine:
         self._ids.add(sample.sample_id)
 
     def step(self) -> StepOutput:
-        """Decode one token for every running sample, then admit and prefill waiting ones."""
+        """Decode one token for every running sample, then admit and prefill waiting ones.
+
+        Raises ValueError naming the samples whose next-token logits are NaN or inf. No row of the batch
+        that failed (the decode batch, or the prefill batch) gets a token: decode positions do not move,
+        prefilled samples wait again in order, so the caller may `abort` or `export` the samples named and
+        keep stepping. (If the decode succeeded and the prefill failed, the decoded rows keep their tokens
+        but this step's StepOutput is lost with the exception.)
+        """
         out = StepOutput.make_empty()
         if self._running:
             self._decode(out)
@@ -282,12 +289,7 @@ class DecodeEngine:
         final = self._forward(input_ids, positions, self._additive_mask(allowed[:, None]))
         last = final[torch.arange(len(seqs), device=self.device), lengths - 1]  # (B, d)
         logits = self._logits(last)
-        for sample in samples:
-            record = _Running(sample, make_generator(sample), 0, self._reservation(sample))
-            record.position = sample.num_tokens
-            sample.status = SampleStatus.RUNNING
-            self._running.append(record)
-        rows = self._running[first_slot:]
+        rows = [_Running(s, make_generator(s), s.num_tokens, self._reservation(s)) for s in samples]
         tapped = self._tapped
         if self.config.tap_prefill and (self.tap_layer is not None or self.config.tap_entropy):
             weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
@@ -297,14 +299,23 @@ class DecodeEngine:
                     entropy = linear_entropy(final[row, :n], weight, bias) if self.config.tap_entropy else None
                 hidden = tapped[row, :n].float() if tapped is not None else None
                 out.prefills.append(PrefillTap(sample.sample_id, len(sample.prompt_ids), hidden, entropy))
-        self._emit(
-            rows,
-            logits,
-            last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1]
-            if tapped is not None
-            else None,
-            out=out,
-        )
+        for sample in samples:
+            sample.status = SampleStatus.RUNNING
+        try:
+            self._emit(
+                rows,
+                logits,
+                last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1]
+                if tapped is not None
+                else None,
+                out=out,
+            )
+        except ValueError:  # non-finite logits: nothing was sampled; the samples wait again, in order
+            for sample in samples:
+                sample.status = SampleStatus.WAITING
+            self._waiting.extendleft(reversed(samples))
+            raise
+        self._running.extend(rows)  # slots first_slot, first_slot+1, ... as planned
         self.stats.prefill_tokens += int(lengths.sum())
         self.stats.prefill_time_s += time.perf_counter() - t0
 
@@ -319,13 +330,14 @@ class DecodeEngine:
         final = self._forward(input_ids, positions[:, None], self._additive_mask(allowed[:, None, None]))
         live = [i for i, r in enumerate(rows) if not r.padding]
         padded = len(rows) - len(live)
-        for r in rows:
-            if not r.padding:
-                r.position += 1
         index = torch.tensor(live, device=self.device)
         logits = self._logits(final[index, -1])
         tapped = self._tapped[index, -1] if self._tapped is not None else None
+        # Non-finite logits raise here, before any position moves: the KV just written at `position` is
+        # overwritten by the next decode, so the engine stays consistent (abort or export the samples named).
         self._emit([rows[i] for i in live], logits, last_hidden_tap=tapped, out=out)
+        for i in live:
+            rows[i].position += 1
         out.padded_tokens += padded
         self.stats.padded_tokens += padded
         self.stats.decode_batch_sizes.append(len(rows))
@@ -334,7 +346,10 @@ class DecodeEngine:
     def _emit(
         self, rows: list[_Running], logits: torch.Tensor, last_hidden_tap: torch.Tensor | None, out: StepOutput
     ) -> None:
-        """Sample one token per row, record it on the sample, and append the rows to `out`."""
+        """Sample one token per row, record it on the sample, and append the rows to `out`.
+
+        Raises ValueError naming the samples whose logits hold NaN or inf, before anything is recorded.
+        """
         params = [r.sample.params for r in rows]
         tokens, logprobs = sample_next(
             logits,
@@ -342,6 +357,7 @@ class DecodeEngine:
             [p.top_p for p in params],
             [p.top_k for p in params],
             [r.generator for r in rows],
+            sample_ids=[r.sample.sample_id for r in rows],
         )
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         for record, token, logprob in zip(rows, tokens, logprobs):

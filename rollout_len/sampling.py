@@ -3,6 +3,12 @@
 Each row has its own temperature / top-p / top-k and its own `torch.Generator`. A row draws exactly
 one uniform number per token and picks the token by inverse CDF over its own (filtered) distribution,
 so what a sample generates depends only on its own logits and RNG, never on its neighbours.
+
+Numerics. A temperature below `GREEDY_TEMPERATURE` (0 included) is greedy: the row takes the argmax
+and reports the log-prob of the untempered distribution (temperature 1), the convention of
+temperature 0. At or above it, tempered logits are formed as (logits - row max) / T, so the argmax
+sits at exactly 0 and no finite logit overflows: every sampled token has a finite log-prob. Logits
+that are NaN or infinite raise `ValueError` naming the rows (sample ids where the caller gives them).
 """
 
 from __future__ import annotations
@@ -11,7 +17,19 @@ import torch
 
 from rollout_len.sample import Sample, sample_seed
 
-__all__ = ["make_generator", "sample_next"]
+__all__ = ["GREEDY_TEMPERATURE", "check_finite", "is_greedy", "make_generator", "sample_next"]
+
+# Temperatures below this are greedy (as vLLM's _SAMPLING_EPS). At T = 1e-5 a logit gap of 1e-3 already
+# scales the runner-up's probability to exp(-100) ~ 4e-44, at float32's subnormal floor: below it the
+# draw is the argmax except for near-ties within float rounding of the logits, and the tempered log-probs
+# of non-argmax tokens (-gap / T) only grow toward float32's range. Below ~1e-38 T itself is subnormal in
+# float32 and 5e-324 rounds to 0, which made the old code divide by zero (NaN log-probs, last vocab id).
+GREEDY_TEMPERATURE = 1e-5
+
+
+def is_greedy(temperature: float) -> bool:
+    """Whether a row with this temperature is decoded greedily (0 or below `GREEDY_TEMPERATURE`)."""
+    return temperature < GREEDY_TEMPERATURE
 
 
 def make_generator(sample: Sample) -> torch.Generator:
@@ -22,6 +40,20 @@ def make_generator(sample: Sample) -> torch.Generator:
     else:
         gen.manual_seed(sample_seed(sample.seed, sample.sample_id))
     return gen
+
+
+def check_finite(logits: torch.Tensor, sample_ids: list[str] | None = None) -> None:
+    """Raise ValueError naming the rows whose logits hold NaN or inf. One reduction when all is well."""
+    if bool(torch.isfinite(logits).all()):
+        return
+    bad = (~torch.isfinite(logits)).any(dim=-1).nonzero()[:, 0].tolist()  # (rows,)
+    names = [sample_ids[i] for i in bad] if sample_ids is not None else bad
+    what = "samples" if sample_ids is not None else "rows"
+    raise ValueError(
+        f"non-finite logits (NaN or inf) for {len(bad)} of {logits.shape[0]} {what}: {names[:5]}"
+        + (" ..." if len(bad) > 5 else "")
+        + " (the model's weights or activations overflowed or hold NaN)"
+    )
 
 
 def _filter_row(logp: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
@@ -45,30 +77,42 @@ def sample_next(
     top_ps: list[float],
     top_ks: list[int],
     generators: list[torch.Generator],
+    sample_ids: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
     Args:
-        logits: (B, V) next-token logits.
-        temperatures, top_ps, top_ks, generators: one per row; temperature 0 means greedy.
+        logits: (B, V) next-token logits, all finite.
+        temperatures, top_ps, top_ks, generators: one per row; a temperature below `GREEDY_TEMPERATURE`
+            (0 included) means greedy.
+        sample_ids: one per row, to name the samples in errors (rows are numbered otherwise).
 
     Returns:
-        tokens (B,) int64 and their log-probs (B,) float32 under the temperature-scaled, unfiltered
+        tokens (B,) int64 and their log-probs (B,) float32, finite, under the temperature-scaled, unfiltered
         distribution (raw logits for greedy rows): the quantity a PPO ratio is taken against.
+
+    Raises:
+        ValueError: some row's logits hold NaN or inf (nothing is drawn from any generator then).
     """
     logits = logits.float()
+    check_finite(logits, sample_ids)
     num_rows = logits.shape[0]
     tokens = torch.empty(num_rows, dtype=torch.long)
-    scale = torch.tensor([t if t > 0 else 1.0 for t in temperatures], device=logits.device)
-    logp = torch.log_softmax(logits / scale[:, None], dim=-1)  # (B, V)
+    greedy = [is_greedy(t) for t in temperatures]
+    scale = torch.tensor([1.0 if g else t for t, g in zip(temperatures, greedy)], device=logits.device)
+    # Shifted by the row max: the argmax is exactly 0 after scaling, nothing finite overflows to +inf.
+    shifted = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), <= 0
+    logp = torch.log_softmax(shifted / scale[:, None], dim=-1)  # (B, V)
     for row in range(num_rows):
-        if temperatures[row] == 0:
+        if greedy[row]:
             tokens[row] = int(torch.argmax(logits[row]))
             continue
         row_logp = _filter_row(logp[row], top_ps[row], top_ks[row])
         cdf = torch.cumsum(row_logp.exp(), 0)  # (V,)
         u = torch.rand(1, generator=generators[row]).item() * float(cdf[-1])
         index = int(torch.searchsorted(cdf, torch.tensor([u], device=cdf.device), right=True))
-        tokens[row] = min(index, cdf.shape[0] - 1)
+        if index >= cdf.shape[0]:  # u rounded up to the total mass: the last token that carries mass
+            index = int(torch.searchsorted(cdf, cdf[-1:], right=False))
+        tokens[row] = index
     tokens = tokens.to(logits.device)
     return tokens, logp.gather(1, tokens[:, None])[:, 0]

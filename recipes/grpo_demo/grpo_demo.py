@@ -183,7 +183,7 @@ class GRPODemo:
         timing["update_actor"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        self.rollout.update_weights(self.actor.state_dict())
+        self.rollout.update_weights(self.actor.trained_state_dict(), partial=True)  # frozen weights never change
         timing["update_weights"] = time.perf_counter() - start
         timing["step"] = sum(timing[k] for k in ("gen", "reward", "adv", "update_actor", "update_weights"))
 

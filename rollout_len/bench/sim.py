@@ -62,7 +62,7 @@ def run(
         count = max(1, (waves * workers * s) // n)  # `waves` slot-fulls of samples per step
         step = draw_groups(groups, count, n, rng)
         warm = draw_groups(groups, count, n, rng)
-        lengths = [x for g in step for x in g]
+        lengths = [min(x, cap) if cap else x for g in step for x in g]  # as simulated: capped at the budget
         regime = {
             "slots": s,
             "prompts": count,

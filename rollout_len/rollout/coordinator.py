@@ -18,6 +18,8 @@ from the finished samples (free labels) and sent to the workers with the next st
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import torch
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
 from rollout_len.predictor.train import OnlineTrainer
 from rollout_len.rollout.worker import RolloutWorker
-from rollout_len.sample import Sample
+from rollout_len.sample import Sample, SampleStatus
 from rollout_len.sched.bucket_manager import BucketManager
 from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
 from rollout_len.sched.driver import WorkerDied, drive
@@ -37,7 +39,9 @@ from rollout_len.sched.policies import POLICIES, make_policy
 from rollout_len.sched.predictions import PREDICTION_SOURCES, PredictionQuality
 from rollout_len.sched.timeline import Timeline
 
-__all__ = ["RolloutConfig", "Coordinator", "StepResult"]
+__all__ = ["RolloutConfig", "Coordinator", "StepFailed", "StepResult"]
+
+DTYPES = ("float32", "bfloat16", "float16")  # rollout_len.model.load_policy
 
 
 @dataclass
@@ -57,12 +61,47 @@ class RolloutConfig:
     online_refit: bool = True
     refit_epochs: int = 8
     seed: int = 0
+    start_timeout_s: float = 600.0  # workers must have loaded the model by then (else an error, not a hang)
 
     def __post_init__(self) -> None:
+        """Every field checked here, before any worker starts; errors name the field."""
+
+        def fail(name: str, what: str) -> None:
+            raise ValueError(f"RolloutConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
         for name in ("num_workers", "slots_per_worker", "every", "threads_per_worker", "refit_epochs"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"RolloutConfig.{name} must be an int >= 1, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "an int >= 1")
+        for name in ("tap_layer", "seed"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                fail(name, "an int")
+        for name in ("use_ray", "online_refit"):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "true or false")
+        gpus = self.gpus_per_worker
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or not math.isfinite(gpus) or gpus < 0:
+            fail("gpus_per_worker", "a number >= 0")
+        t = self.start_timeout_s
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            fail("start_timeout_s", "a number of seconds > 0")
+        if self.dtype not in DTYPES:
+            fail("dtype", f"one of {list(DTYPES)}")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            fail("device", "'cpu' or 'cuda[:N]'")
+        if self.predictions not in PREDICTION_SOURCES:
+            fail("predictions", f"one of {list(PREDICTION_SOURCES)}")
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            fail("ray_address", "null or an address string")
+        if self.cost_profile is not None:
+            try:
+                CostModel.from_yaml(self.cost_profile)
+            except (OSError, ValueError, TypeError) as err:
+                raise ValueError(f"RolloutConfig.cost_profile={self.cost_profile!r}: {err}") from err
+
+    def cost_model(self) -> CostModel:
+        """The scheduler's cost model: `cost_profile`, or the measured CPU profile shipped here."""
+        return CostModel.from_yaml(self.cost_profile or DEFAULT_COST_PROFILE)
 
 
 @dataclass
@@ -116,6 +155,12 @@ class RayCluster:
         ref = self.actors[worker_id].run.remote(orders)
         self._pending[ref] = (worker_id, time.perf_counter())
 
+    def drain(self) -> None:
+        """Wait for every chunk still running and discard its result (after a failed step)."""
+        if self._pending:
+            self.ray.wait(list(self._pending), num_returns=len(self._pending))
+        self._pending.clear()
+
     def wait_any(self):
         ready, _ = self.ray.wait(list(self._pending), num_returns=1)
         worker_id, sent = self._pending.pop(ready[0])
@@ -126,15 +171,27 @@ class RayCluster:
         return worker_id, result, sent, time.perf_counter()
 
 
+class StepFailed(RuntimeError):
+    """A rollout step could not finish. Every worker was reset: the Coordinator is ready for the
+    next step and the next weight update."""
+
+
 class Coordinator:
-    def __init__(self, model: str = "smollm2-135m", config: RolloutConfig | None = None):
+    """The live rollout: the scheduler (rollout_len.sched) driving RolloutWorkers.
+
+    Guarantees (docs/architecture.md, "What survives what"): a step that fails in any phase raises
+    StepFailed naming the sample (and its index) where it can, after every worker was reset; a
+    worker that dies during a step loses nothing (its samples resume elsewhere); a worker found
+    dead between steps is dropped and the step runs on the survivors.
+    `worker_cls` is the worker class (RolloutWorker; tests pass subclasses that inject faults).
+    """
+
+    def __init__(
+        self, model: str = "smollm2-135m", config: RolloutConfig | None = None, worker_cls: type = RolloutWorker
+    ):
         self.model, self.config = model, config or RolloutConfig()
         c = self.config
-        if c.predictions not in PREDICTION_SOURCES:
-            raise ValueError(
-                f"RolloutConfig.predictions must be one of {list(PREDICTION_SOURCES)}, got {c.predictions!r}"
-            )
-        self.cost = CostModel.from_yaml(c.cost_profile or DEFAULT_COST_PROFILE)
+        self.cost = c.cost_model()
         self.quality = PredictionQuality()
         self.head: SoftLabelHead | None = None
         self.trainer: OnlineTrainer | None = None
@@ -153,25 +210,61 @@ class Coordinator:
 
             if not ray.is_initialized():
                 ray.init(address=c.ray_address, include_dashboard=False, log_to_driver=False)
-            remote = ray.remote(RolloutWorker).options(num_cpus=c.threads_per_worker, num_gpus=c.gpus_per_worker)
+            remote = ray.remote(worker_cls).options(num_cpus=c.threads_per_worker, num_gpus=c.gpus_per_worker)
             self.workers = [remote.remote(worker_id=w, **args) for w in range(c.num_workers)]
-            ray.get([a.ping.remote() for a in self.workers])  # model loaded everywhere before any step
+            try:  # models loaded everywhere before any step
+                self.limits = ray.get([a.limits.remote() for a in self.workers], timeout=c.start_timeout_s)[0]
+            except ray.exceptions.GetTimeoutError as err:
+                for a in self.workers:
+                    ray.kill(a)
+                raise RuntimeError(
+                    f"{c.num_workers} rollout workers did not start within {c.start_timeout_s:.0f} s "
+                    f"(RolloutConfig.start_timeout_s): does the Ray cluster have {c.threads_per_worker} CPU(s) "
+                    f"and {c.gpus_per_worker} GPU(s) free for each? Ray: {ray.available_resources()}"
+                ) from err
         else:
-            self.workers = [RolloutWorker(worker_id=w, **args) for w in range(c.num_workers)]
+            self.workers = [worker_cls(worker_id=w, **args) for w in range(c.num_workers)]
+            self.limits = self.workers[0].limits()
         self.steps = 0
+        self.lost_workers = 0  # workers found dead (during or between steps), replaced by none
 
     # ------------------------------------------------------------------ weights
 
-    def update_weights(self, state: dict | str) -> None:
-        """Send new policy weights (state dict or safetensors path) to every worker."""
+    def update_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> None:
+        """Send new policy weights (a state dict or a safetensors path) to every worker, between steps.
+
+        Strict by default: the update must give every tensor of the model (an output head tied to the
+        embeddings counts once), each with the model's shape and a compatible dtype (floating tensors are
+        cast to the workers' dtype; other dtype changes are refused). `partial=True` sends only some
+        tensors (e.g. the trained ones) and the workers keep the rest; an empty partial update is refused.
+        Each worker checks everything before it copies anything, and all workers hold the same model, so
+        a refused update (ValueError naming the keys: see `rollout_len.model.check_weights`) leaves every
+        worker with its old weights. On Ray the state is put in the object store once and every worker
+        loads it from there; a worker found dead is dropped (counted in `lost_workers` and the next
+        step's `workers` metric) and the others carry on.
+        """
         if self.config.use_ray:
             import ray
 
             ref = ray.put(state)
-            ray.get([a.load_weights.remote(ref) for a in self.workers])
+            refs = [(a, a.load_weights.remote(ref, partial=partial)) for a in self.workers]
+            alive = []
+            for actor, done in refs:
+                try:
+                    ray.get(done)
+                    alive.append(actor)
+                except ray.exceptions.RayActorError:  # died between steps: the next steps run without it
+                    self.lost_workers += 1
+                except ray.exceptions.RayTaskError as err:
+                    if isinstance(err.cause, (ValueError, TypeError, RuntimeError)):
+                        raise err.cause from None  # the worker's own message, without Ray's wrapping
+                    raise
+            self.workers = alive
+            if not alive:
+                raise RuntimeError("every rollout worker is dead; start a new Coordinator")
         else:
             for w in self.workers:
-                w.load_weights(state)
+                w.load_weights(state, partial=partial)
 
     def worker_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
         if self.config.use_ray:
@@ -214,9 +307,11 @@ class Coordinator:
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise ValueError(f"sample ids must be unique within a step; {dup!r} appears {ids.count(dup)} times")
-        started = [s.sample_id for s in samples if s.num_output or s.status.is_finished]
+        started = [s.sample_id for s in samples if s.num_output or s.logprobs or s.status != SampleStatus.WAITING]
         if started:
-            raise ValueError(f"samples must be fresh (no output, not finished): {started[:3]}")
+            raise ValueError(f"samples must be fresh (WAITING, no output or log-probs): {started[:3]}")
+        self._check_fits(samples)
+        index = {s.sample_id: i for i, s in enumerate(samples)}
         work = [s.copy() for s in samples]  # the caller's objects are filled in only when the step succeeds
         seed = self.config.seed + self.steps
         manager = BucketManager(
@@ -232,15 +327,20 @@ class Coordinator:
         )
         manager.submit(work)
         cluster = RayCluster(self.workers) if self.config.use_ray else LocalCluster(self.workers)
-        if on_report is not None:
-            cluster = _Observed(cluster, on_report, self)
+        observed = _Observed(cluster, on_report, self) if on_report is not None else cluster
         start = time.perf_counter()
-        timeline = drive(manager, cluster, self.config.every)
+        try:
+            timeline = drive(manager, observed, self.config.every)
+        except Exception as err:
+            self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
+            self._recover(cluster)
+            raise StepFailed(f"rollout step ({policy}) failed: {_name_samples(str(err), index)}") from err
         wall = time.perf_counter() - start
-        dead = {w.worker_id for w in manager.workers if not w.alive}
-        if dead:
-            self.workers = [a for i, a in enumerate(self.workers) if i not in dead]
-        refit_s = self._refit(manager) if self.config.online_refit and manager.predictions == "model" else 0.0
+        self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
+        try:
+            refit_s = self._refit(manager) if self.config.online_refit and manager.predictions == "model" else 0.0
+        except Exception as err:  # the engines are empty already; the previous head stays in use
+            raise StepFailed(f"rollout step ({policy}): the predictor's online re-fit failed: {err}") from err
         self.steps += 1
         done = {s.sample_id: s for s in manager.finished}
         for s in samples:
@@ -249,6 +349,45 @@ class Coordinator:
         metrics = self._metrics(manager, timeline, wall, refit_s)
         plans = getattr(manager.policy, "plans", [])
         return StepResult(list(samples), metrics, timeline, policy, plans)
+
+    def _check_fits(self, samples: list[Sample]) -> None:
+        """Refuse, before any worker starts, a sample the model cannot take (naming its index)."""
+        vocab, context = self.limits["vocab_size"], self.limits["context_length"]
+        for i, s in enumerate(samples):
+            bad = [t for t in s.prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
+            if bad:
+                raise ValueError(
+                    f"sample {i} ({s.sample_id!r}): token ids {bad[:5]} outside the vocabulary [0, {vocab})"
+                )
+            if len(s.prompt_ids) >= context:
+                raise ValueError(
+                    f"sample {i} ({s.sample_id!r}): its prompt of {len(s.prompt_ids)} tokens does not fit the "
+                    f"model's context of {context} tokens (room for at least one new token is needed)"
+                )
+
+    def _drop_dead(self, dead: set[int]) -> None:
+        """Forget workers found dead; the next steps run on the others."""
+        if dead:
+            self.workers = [a for i, a in enumerate(self.workers) if i not in dead]
+            self.lost_workers += len(dead)
+
+    def _recover(self, cluster) -> None:
+        """After a failed step: wait for chunks still running, then reset every worker (drop dead ones)."""
+        if not self.config.use_ray:
+            for w in self.workers:
+                w.reset()
+            return
+        import ray
+
+        cluster.drain()
+        alive = []
+        for actor in self.workers:
+            try:
+                ray.get(actor.reset.remote())
+                alive.append(actor)
+            except ray.exceptions.RayActorError:
+                self.lost_workers += 1
+        self.workers = alive
 
     def _refit(self, manager: BucketManager) -> float:
         start = time.perf_counter()
@@ -282,7 +421,7 @@ class Coordinator:
             "decode_tokens": float(manager.decode_tokens),
             "tokens_per_s": manager.decode_tokens / max(wall, 1e-9),
             "padded_fraction": manager.padded_fraction(),
-            "migrations": float(len(manager.migration_log)),
+            "migrations": float(manager.migrations),  # completed moves (exported and handed over)
             "worker_idle_fraction": timeline.idle_fraction(),
             "predictor_mae": float(np.mean(errors)) if errors else float("nan"),
             "predictions": float(len(errors)),
@@ -293,6 +432,7 @@ class Coordinator:
             "response_length_max": float(np.max(lengths)),
             "response_length_min": float(np.min(lengths)),
             "dead_workers": float(len(timeline.deaths)),
+            "workers": float(len(self.workers)),
         }
 
     def shutdown(self) -> None:
@@ -320,3 +460,12 @@ class _Observed:
         out = self.inner.wait_any()
         self.on_report(self.coordinator, out[0], out[1])
         return out
+
+
+def _name_samples(message: str, index: dict[str, int]) -> str:
+    """Add the caller's index to every sample id an error message quotes: 'x' -> 'x' (sample 3)."""
+    return re.sub(
+        r"'([^']+)'",
+        lambda m: f"{m.group(0)} (sample {index[m.group(1)]})" if m.group(1) in index else m.group(0),
+        message,
+    )

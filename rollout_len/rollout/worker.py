@@ -47,35 +47,52 @@ class RolloutWorker:
             raise ValueError(f"k (PLP interval) must be >= 1, got {every}")
         if threads:
             torch.set_num_threads(threads)
-        self.worker_id, self.every = worker_id, every
+        self.worker_id, self.every, self.slots = worker_id, every, slots
         self.policy = load_policy(model, dtype=dtype, device=device)
         self.tap_layer = tap_layer
-        self.engine = DecodeEngine(
-            self.policy, EngineConfig(max_batch_size=slots, tap_layer=tap_layer, tap_entropy=True, tap_prefill=False)
-        )
         self.tracker = PLPTracker(None, self.policy.hidden_size)
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop every sample and its state: a fresh engine and tracker (the weights and PLP head stay).
+        The coordinator calls it after a failed step, so the next step starts clean."""
+        self.engine = DecodeEngine(
+            self.policy,
+            EngineConfig(max_batch_size=self.slots, tap_layer=self.tap_layer, tap_entropy=True, tap_prefill=False),
+        )
+        self.tracker = PLPTracker(self.tracker.head, self.policy.hidden_size)
         self._pending: dict[str, Admission] = {}  # added to the engine, not prefilled yet
         self._reported: dict[str, int] = {}  # sample -> output tokens already reported (or held at admission)
         self._checkpoints: dict[str, list[tuple[int, torch.Tensor]]] = {}  # sample -> [(t, z_t)]
 
+    def limits(self) -> dict[str, int]:
+        """What a sample must fit: token ids in [0, vocab_size), prompt + 1 < context_length tokens."""
+        vocab = self.policy.model.get_output_embeddings().weight.shape[0]
+        return {"vocab_size": int(vocab), "context_length": int(self.policy.context_length)}
+
     def ping(self) -> int:
         return self.worker_id
 
-    def load_weights(self, state: dict | str) -> None:
-        """New policy weights: a state dict or a safetensors file (the next chunk decodes with them)."""
+    def load_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> list[str]:
+        """New policy weights: a state dict or a safetensors file (the next chunk decodes with them).
+
+        Strict unless `partial`: see `rollout_len.model.check_weights` (every tensor, a tied output head
+        counted once; floating tensors cast to the model's dtype). `partial=True` loads exactly the keys
+        given and keeps the rest. Everything is checked before anything is copied, so a refused update
+        (ValueError naming the keys) leaves the old weights. Returns the keys copied.
+        """
+        from rollout_len.model import load_weights
+
         if self.engine.has_unfinished():
             raise RuntimeError(f"worker {self.worker_id}: weights change between steps, not while samples are running")
-        if isinstance(state, str):
+        if isinstance(state, str) or hasattr(state, "__fspath__"):
             from safetensors.torch import load_file
 
             state = load_file(state)
-        missing, unexpected = self.policy.model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
-        if missing or unexpected:
-            raise ValueError(
-                f"worker {self.worker_id}: weights do not match the model "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        try:
+            return load_weights(self.policy.model, state, partial=partial)
+        except ValueError as err:
+            raise ValueError(f"worker {self.worker_id}: {err}") from None
 
     @torch.no_grad()
     def logits(self, prompt_ids: list[int]) -> torch.Tensor:

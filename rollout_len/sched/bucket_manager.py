@@ -210,6 +210,25 @@ class BucketManager:
         prompt (verl pads validation batches with other rows' uids) scores each sample's own prompt."""
         if self._samples:
             raise RuntimeError("BucketManager.submit takes a step's samples once; make a new manager per step")
+        if not samples:
+            raise ValueError("BucketManager.submit needs at least one sample")
+        bad = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
+        if bad:
+            raise TypeError(f"BucketManager.submit takes rollout_len.sample.Sample objects, got {bad[0]}")
+        grouped = {s.group_id for s in samples if s.group_id is not None}
+        clash = [s.sample_id for s in samples if s.group_id is None and s.sample_id in grouped]
+        if clash:
+            raise ValueError(
+                f"sample {clash[0]!r} has no group, and another sample's group is also called {clash[0]!r}: "
+                "a sample without a group is its own group, named by its id, so the two would merge"
+            )
+        if self.predictions == "oracle":
+            missing = [s.sample_id for s in samples if s.sample_id not in self.true_lengths]
+            if missing:
+                raise ValueError(
+                    f"policy {self.policy.name!r} needs the true length of every sample; "
+                    f"{len(missing)} have none, e.g. {missing[:3]}"
+                )
         prompts: dict[str, set[tuple[int, ...]]] = {}
         for s in samples:
             prompts.setdefault(s.group_id or s.sample_id, set()).add(tuple(s.prompt_ids))
@@ -218,7 +237,8 @@ class BucketManager:
                 raise ValueError(f"sample {s.sample_id!r} was submitted twice")
             group = s.group_id or s.sample_id
             members = self.groups.setdefault(group, [])
-            key = group if len(prompts[group]) == 1 else s.sample_id
+            # Prompt keys live in two name spaces, so a sample id never meets a group id.
+            key = f"g:{group}" if len(prompts[group]) == 1 else f"s:{s.sample_id}"
             self._samples[s.sample_id] = Tracked(
                 s, arrival=len(self._samples), prompt_key=key, rank_in_group=len(members)
             )
@@ -228,7 +248,10 @@ class BucketManager:
             first = {}
             for s in samples:
                 first.setdefault(self._samples[s.sample_id].prompt_key, s)
-            self.to_score.extend(PromptScore(key, s.prompt_ids, s.params.max_new_tokens) for key, s in first.items())
+            self.to_score.extend(
+                PromptScore(key, s.prompt_ids, s.params.max_new_tokens, s.group_id or s.sample_id)
+                for key, s in first.items()
+            )
         ids = sorted(
             (s.sample_id for s in samples),
             key=lambda sid: (self._samples[sid].rank_in_group, self._samples[sid].arrival),

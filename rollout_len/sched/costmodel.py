@@ -51,7 +51,10 @@ class CostModel:
         import yaml
 
         path = Path(path)
-        data = yaml.safe_load(path.read_text())
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML ({err})") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a cost profile is a mapping of parameters")
         known = {f.name for f in fields(cls)} - {"name"}
@@ -63,7 +66,10 @@ class CostModel:
             entry = data[key]
             if not isinstance(entry, dict) or "value" not in entry or not entry.get("source"):
                 raise ValueError(f"{path}: {key} must be {{value: ..., source: '...'}} (every figure names its source)")
-            values[key] = float(entry["value"])
+            try:
+                values[key] = float(entry["value"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: {key}.value must be a number, got {entry['value']!r}") from None
         for key in ("step_base_s", "per_seq_s"):
             if key not in values:
                 raise ValueError(f"{path}: {key} is required")

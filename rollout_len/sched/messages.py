@@ -34,9 +34,10 @@ class Admission:
 class PromptScore(NamedTuple):
     """A prompt to score once (EGTP feature and t = 0 prediction), for every sample that shares it."""
 
-    key: str  # the scheduler's prompt key (the group id when the group shares one prompt)
+    key: str  # the scheduler's prompt key: one per group that shares a prompt, else one per sample
     prompt_ids: list[int]
     max_new_tokens: int
+    group_id: str  # the group it belongs to (a sample without a group: its own id)
 
 
 @dataclass

@@ -45,11 +45,17 @@ def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
         else:
             data = json.loads(text)
             groups, max_new_tokens = data["groups"], data.get("max_new_tokens")
+            if not isinstance(groups, list):
+                raise TypeError(f"'groups' must be a list of lists, got {type(groups).__name__}")
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(
             f"{path}: not a length trace ({err!r}); "
             'expected {"groups": [[...], ...]} or JSONL of {"lengths": [...]}'
         ) from err
+    if max_new_tokens is not None and (
+        not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1
+    ):
+        raise ValueError(f"{path}: max_new_tokens must be an int >= 1 (or absent), got {max_new_tokens!r}")
     if not groups:
         raise ValueError(f"{path}: the trace has no groups")
     for i, g in enumerate(groups):
@@ -103,9 +109,9 @@ class SimWorker:
             sample = self.running.pop(sid)
             self._report_progress(sample, report)
             report.exported[sid] = None
-        for group, ids, _ in orders.score:
-            duration += self.cost.prefill_time(len(ids))
-            report.scores[group] = (None, self._noisy(self.group_means[group]))
+        for score in orders.score:
+            duration += self.cost.prefill_time(len(score.prompt_ids))
+            report.scores[score.key] = (None, self._noisy(self.group_means[score.group_id]))
         for adm in orders.admit:
             sample = adm.sample
             duration += self.cost.prefill_time(sample.num_tokens)
@@ -225,6 +231,14 @@ def simulate(
     """One GRPO step of len(groups) prompts x len(group) samples on simulated workers."""
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    if not groups or any(not g for g in groups):
+        raise ValueError("simulate needs at least one group, each with at least one length")
+    bad = [x for g in groups for x in g if not isinstance(x, int) or isinstance(x, bool) or x < 1]
+    if bad:
+        raise ValueError(f"simulate: response lengths must be ints >= 1, got {bad[:5]}")
+    unknown = sorted(set(deaths or {}) - set(range(num_workers)))
+    if unknown:
+        raise ValueError(f"simulate: deaths name workers {unknown}, but the workers are 0..{num_workers - 1}")
     cap = max_new_tokens or max(max(g) for g in groups)
     samples, true, means = [], {}, {}
     for p, group in enumerate(groups):
@@ -253,7 +267,7 @@ def simulate(
         policy,
         timeline.end_s,
         manager.padded_fraction(),
-        len(manager.migration_log),
+        manager.migrations,
         timeline.idle_fraction(),
         timeline,
         manager.policy_s,

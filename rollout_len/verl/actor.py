@@ -174,3 +174,9 @@ class GRPOActor:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The model's weights as detached CPU tensors (Hugging Face names), for `update_weights`."""
         return {name: value.detach().cpu() for name, value in self.model.state_dict().items()}
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the tensors this actor trains (detached, CPU), for `update_weights(..., partial=True)`:
+        the frozen rest never changes, so it need not travel again."""
+        trained = {id(p) for p in self.params}
+        return {name: p.detach().cpu() for name, p in self.model.named_parameters() if id(p) in trained}

@@ -15,6 +15,7 @@ scores them with verl's reward-loop workers. Outside verl's trainer (recipes/grp
 
 from __future__ import annotations
 
+import logging
 import numbers
 import time
 
@@ -28,9 +29,16 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
-from rollout_len.sched.policies import POLICIES
 from rollout_len.verl.backend import COORDINATOR_ACTOR_NAME, ROLLOUT_NAME, is_registered
 from rollout_len.verl.convert import attach_rewards, to_data_proto, to_samples
+from rollout_len.verl.settings import (
+    DEFAULT_POLICY,
+    SETTINGS_KEY,
+    LengthAwareSettings,
+    check_policy,
+    coordinator_config,
+    resolve_settings,
+)
 
 __all__ = [
     "LengthAwareRollout",
@@ -42,15 +50,20 @@ __all__ = [
     "RESULT_KEY",
 ]
 
-DEFAULT_POLICY = "length_aware"
-SETTINGS_KEY = "actor_rollout_ref.rollout.custom.rollout_len"  # `policy` + fields of coordinator.RolloutConfig
+logger = logging.getLogger(__name__)
+
 SEED_KEY = "rollout_len_seed"  # input meta_info: this call's seed (int)
 POLICY_KEY = "rollout_len_policy"  # input meta_info: this call's scheduling policy (a name in POLICIES)
 RESULT_KEY = "rollout_len"  # output meta_info: {"policy", "seed", "metrics", "timeline"}
 
 
-def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -> None:
-    """Refuse verl settings LengthAwareRollout cannot honour; each error names the config key."""
+def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -> LengthAwareSettings:
+    """Refuse verl settings LengthAwareRollout cannot honour; each error names the config key.
+
+    Beyond the trainer-level checks below, every key of `actor_rollout_ref.rollout` is checked against
+    rollout_len.verl.settings (refused keys, sampling, lengths, custom.rollout_len, the cost profile).
+    Returns the resolved settings; starts nothing (no Ray).
+    """
     rollout = config.actor_rollout_ref.rollout
     if config.trainer.get("use_v1", False):
         raise ValueError(
@@ -91,6 +104,7 @@ def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -
         get_custom_reward_fn(config)
     except (FileNotFoundError, AttributeError, RuntimeError, ImportError) as err:
         raise ValueError(f"reward.custom_reward_function.path / .name cannot be loaded: {err}") from err
+    return resolve_settings(rollout)
 
 
 def _check_context(rollout, hf_config) -> None:
@@ -101,26 +115,6 @@ def _check_context(rollout, hf_config) -> None:
             f"actor_rollout_ref.rollout.prompt_length + response_length = {needed} tokens (data.max_prompt_length + "
             f"data.max_response_length) exceed the model's context of {context}"
         )
-
-
-def _check_policy(policy: object, key: str) -> str:
-    if policy not in POLICIES:
-        raise ValueError(f"{key}={policy}: unknown scheduling policy; valid: {sorted(POLICIES)}")
-    return str(policy)
-
-
-def _coordinator_settings(rollout) -> tuple[str, RolloutConfig]:
-    custom = rollout.get("custom") or {}
-    settings = dict(custom.get("rollout_len") or {})
-    policy = _check_policy(settings.pop("policy", DEFAULT_POLICY), f"{SETTINGS_KEY}.policy")
-    return policy, _coordinator_config(settings, SETTINGS_KEY)
-
-
-def _coordinator_config(settings: dict, key: str) -> RolloutConfig:
-    try:
-        return RolloutConfig(**settings)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{key}: {err}") from err
 
 
 def _start_coordinator(model: str, config: RolloutConfig):
@@ -150,11 +144,12 @@ class LengthAwareRollout:
         reward_loop_worker_handles: list | None = None,
     ):
         """Use `create` or `start`. `rollout`: verl's `actor_rollout_ref.rollout` section (prompt_length,
-        response_length, temperature, top_p, top_k, ignore_eos, val_kwargs); `coordinator`: the Ray
+        response_length, temperature, top_p, top_k, do_sample, ignore_eos, val_kwargs, calculate_log_probs;
+        rollout_len.verl.settings says what happens to every other key); `coordinator`: the Ray
         handle of a Coordinator; `seed`: the Coordinator config's seed (default seeds derive from it)."""
         self._rollout = rollout
         self._coordinator = coordinator  # Ray actor handle of rollout_len.rollout.coordinator.Coordinator
-        self._policy = _check_policy(policy, "policy")
+        self._policy = check_policy(policy, "policy")
         self._seed = seed
         self._calls = 0
         self._reward_workers = reward_loop_worker_handles
@@ -167,19 +162,32 @@ class LengthAwareRollout:
     def create(
         cls, config, llm_client=None, teacher_client=None, reward_loop_worker_handles=None
     ) -> LengthAwareRollout:
-        """What verl's trainer calls. `llm_client` (verl's server client) is not used: nothing runs there."""
-        check_config(config, teacher_client, reward_loop_worker_handles)
+        """What verl's trainer calls. `llm_client` (verl's server client) is not used: nothing runs there.
+
+        Every check (check_config: the trainer, the rollout section key by key, custom.rollout_len, the cost
+        profile; then the model's context) runs before the Coordinator's Ray actor starts. verl defaults
+        that this machine replaces (bfloat16 on a CPU device) are logged as warnings.
+        """
+        settings = check_config(config, teacher_client, reward_loop_worker_handles)
         model_config = omega_conf_to_dataclass(config.actor_rollout_ref.model)
         _check_context(config.actor_rollout_ref.rollout, model_config.hf_config)
-        policy, coordinator_config = _coordinator_settings(config.actor_rollout_ref.rollout)
-        coordinator = _start_coordinator(model_config.local_path, coordinator_config)
+        for notice in settings.notices:
+            logger.warning(notice)
+        gpus = config.trainer.get("n_gpus_per_node", 0) or 0
+        if gpus > 0 and settings.coordinator.device == "cpu":
+            logger.warning(
+                "trainer.n_gpus_per_node=%s but the rollout workers run on the CPU: set "
+                "actor_rollout_ref.rollout.custom.rollout_len.device=cuda (and gpus_per_worker) to generate on GPUs",
+                gpus,
+            )
+        coordinator = _start_coordinator(model_config.local_path, settings.coordinator)
         hf_model_type = getattr(model_config.hf_config, "model_type", None)
         return cls(
             config.actor_rollout_ref.rollout,
             coordinator,
             model_config.tokenizer,
-            policy=policy,
-            seed=coordinator_config.seed,
+            policy=settings.policy,
+            seed=settings.coordinator.seed,
             hf_model_type=hf_model_type if isinstance(hf_model_type, str) else None,
             chat_template_kwargs=config.data.get("apply_chat_template_kwargs"),
             reward_loop_worker_handles=reward_loop_worker_handles,
@@ -216,8 +224,8 @@ class LengthAwareRollout:
         The Coordinator runs as the named Ray actor that verl's weight receivers look for (one at a time;
         Ray starts locally if it is not running). Raises ValueError for an unknown policy or setting.
         """
-        _check_policy(policy, "policy")
-        config = _coordinator_config(dict(settings or {}), "settings")
+        check_policy(policy, "policy")
+        config = coordinator_config(dict(settings or {}), "settings")
         rollout = OmegaConf.create(
             {
                 "prompt_length": prompt_length,
@@ -226,9 +234,11 @@ class LengthAwareRollout:
                 "top_p": top_p,
                 "top_k": top_k,
                 "ignore_eos": False,
-                "val_kwargs": {"temperature": 0.0, "top_p": 1.0, "top_k": -1},
+                "calculate_log_probs": True,
+                "val_kwargs": {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "do_sample": False},
             }
         )
+        resolve_settings(rollout)  # sampling and lengths, as create checks them (ValueError naming the key)
         return cls(
             rollout,
             _start_coordinator(model, config),
@@ -264,6 +274,8 @@ class LengthAwareRollout:
         generated = time.perf_counter()
         prompt_length, response_length = int(self._rollout.prompt_length), int(self._rollout.response_length)
         output = to_data_proto(result.samples, prompt_length, response_length, self._pad_token_id)
+        if not self._rollout.get("calculate_log_probs", True):  # as verl's agent loop: no log-probs asked for
+            output.batch.pop("rollout_log_probs")
         packed = time.perf_counter()
         if self._reward_workers is not None:
             self._score(output, prompts)
@@ -288,7 +300,7 @@ class LengthAwareRollout:
         """(policy, seed) of one call; every call, with or without a seed, advances the default seed."""
         default_seed = self._seed + self._calls
         self._calls += 1
-        policy = _check_policy(meta_info.get(POLICY_KEY, self._policy), f"meta_info[{POLICY_KEY!r}]")
+        policy = check_policy(meta_info.get(POLICY_KEY, self._policy), f"meta_info[{POLICY_KEY!r}]")
         seed = meta_info.get(SEED_KEY, default_seed)
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
             raise TypeError(f"meta_info[{SEED_KEY!r}] must be an int, got {seed!r}")
@@ -314,9 +326,10 @@ class LengthAwareRollout:
             ) from err
         attach_rewards(output, results)
 
-    def update_weights(self, state_dict: dict) -> None:
-        """Load new policy weights (Hugging Face names -> CPU tensors) into the Coordinator's workers."""
-        ray.get(self._coordinator.update_weights.remote(state_dict))
+    def update_weights(self, state_dict: dict, partial: bool = False) -> None:
+        """Load new policy weights (Hugging Face names -> CPU tensors) into the Coordinator's workers.
+        Strict unless `partial=True` (only the given tensors change): see Coordinator.update_weights."""
+        ray.get(self._coordinator.update_weights.remote(state_dict, partial=partial))
 
     def worker_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
         """Each rollout worker's next-token logits after `prompt_ids`: one float32 CPU tensor (vocab,) per

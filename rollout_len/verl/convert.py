@@ -30,7 +30,8 @@ from tensordict import TensorDict
 from verl import DataProto
 from verl.utils.model import compute_position_id_with_mask
 
-from rollout_len.sample import Sample, SamplingParams
+from rollout_len.sample import Sample
+from rollout_len.verl.settings import sampling_params  # SamplingParams from verl's keys, errors naming them
 
 __all__ = ["encode_prompts", "sampling_params", "to_samples", "to_data_proto", "attach_rewards"]
 
@@ -80,19 +81,6 @@ def encode_prompts(raw_prompts: list, token_builder, prompt_length: int) -> list
             )
         encoded.append(list(ids))
     return encoded
-
-
-def sampling_params(rollout, validate: bool = False) -> SamplingParams:
-    """SamplingParams from verl's rollout config (`val_kwargs` for validation batches, as verl does)."""
-    source = rollout.val_kwargs if validate else rollout
-    top_k = int(source.top_k)
-    return SamplingParams(
-        temperature=float(source.temperature),
-        top_p=float(source.top_p),
-        top_k=0 if top_k < 0 else top_k,  # verl: -1 = whole vocabulary; here 0
-        max_new_tokens=int(rollout.response_length),
-        ignore_stop=bool(rollout.ignore_eos),
-    )
 
 
 def to_samples(batch: DataProto, token_builder, rollout, seed: int) -> list[Sample]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rollout_len.model import load_policy
-from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
+from rollout_len.rollout.coordinator import Coordinator, RolloutConfig, StepFailed
 from rollout_len.sample import Sample, SamplingParams, expand_prompts
 from rollout_len.sched.policies import POLICIES, LengthAware, register_policy
 from rollout_len.sched.view import Migration
@@ -39,7 +39,6 @@ def test_policies_generate_the_same_samples():
     assert again.metrics["predictions"] > 0 and again.metrics["predictor_mae"] >= 0
 
 
-@register_policy("test_move_everything")
 class MoveEverything(LengthAware):
     """Moves every running sample of worker 0 to worker 1 once: exercises export/import."""
 
@@ -59,16 +58,30 @@ class MoveEverything(LengthAware):
         return orders[:1]
 
 
-def test_migrated_samples_continue_exactly():
+@pytest.fixture
+def move_everything():
+    register_policy("test_move_everything")(MoveEverything)
+    yield "test_move_everything"
+    POLICIES.pop("test_move_everything")
+
+
+@pytest.mark.parametrize("use_ray", [False, True], ids=["in-process", "ray"])
+def test_migrated_samples_continue_exactly(use_ray, move_everything):
+    """Tokens and log-probs of migrated samples equal an unmoved run's; `migrations` counts completed moves."""
+    if use_ray:
+        pytest.importorskip("ray")
+    coord = Coordinator("tiny-llama", RolloutConfig(num_workers=2, slots_per_worker=3, every=4, use_ray=use_ray))
     try:
-        coord = local()
         params = SamplingParams(max_new_tokens=20, ignore_stop=True)
         still = step(coord, PROMPTS[:2], 2, params, "fcfs", seed=3)
-        moved = step(coord, PROMPTS[:2], 2, params, "test_move_everything", seed=3)
+        moved = step(coord, PROMPTS[:2], 2, params, move_everything, seed=3)
     finally:
-        POLICIES.pop("test_move_everything")
-    assert moved.metrics["migrations"] >= 1
+        coord.shutdown()
+    # completed moves; an ordered move whose sample ends first is not carried out, so not counted
+    assert 1 <= moved.metrics["migrations"] <= len(moved.timeline.migrations)
     assert outputs(moved) == outputs(still)
+    for a, b in zip(moved.samples, still.samples):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
 
 
 def test_weight_updates_reach_the_workers():
@@ -141,8 +154,16 @@ def test_identity_comes_from_the_caller():
     assert [s.output_ids for s in result.samples] == [s.output_ids for s in alone]
 
 
+STOPPING = SamplingParams(max_new_tokens=30, stop_ids=tuple(range(3, 60)))  # tiny model: stops after ~5 tokens
+
+
 def test_a_killed_ray_actor_loses_no_samples():
+    """Samples that stop on their own, a worker killed mid-step: every sample finishes with exactly
+    the tokens and log-probs of an uninterrupted run (nothing lost, nothing duplicated)."""
     ray = pytest.importorskip("ray")
+    uninterrupted = step(local(), PROMPTS, 2, STOPPING, "length_aware", seed=4)
+    lengths = [s.num_output for s in uninterrupted.samples]
+    assert len(set(lengths)) > 1 and max(lengths) < 30, lengths  # the samples stop on their own
     coord = Coordinator("tiny-llama", RolloutConfig(num_workers=2, slots_per_worker=2, every=2, use_ray=True))
     reports = {"n": 0}
 
@@ -152,14 +173,34 @@ def test_a_killed_ray_actor_loses_no_samples():
             c.kill_worker(0)
 
     try:
-        params = SamplingParams(max_new_tokens=30, ignore_stop=True)
-        result = step(coord, PROMPTS, 2, params, "length_aware", seed=4, on_report=kill_worker_0)
-        assert result.metrics["dead_workers"] == 1
-        assert len(result.samples) == 8
-        assert all(s.num_output == 30 and len(s.logprobs) == 30 for s in result.samples)
+        result = step(coord, PROMPTS, 2, STOPPING, "length_aware", seed=4, on_report=kill_worker_0)
+        assert result.metrics["dead_workers"] == 1 and result.metrics["workers"] == 1
+        assert outputs(result) == outputs(uninterrupted)
+        for a, b in zip(result.samples, uninterrupted.samples):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
         assert len(coord.workers) == 1  # the next step runs on the survivor
         nxt = step(coord, PROMPTS[:1], 2, SamplingParams(max_new_tokens=5, ignore_stop=True), "fcfs")
         assert all(s.num_output == 5 for s in nxt.samples)
+    finally:
+        coord.shutdown()
+        ray.shutdown()
+
+
+def test_a_worker_dead_between_steps_is_dropped():
+    """A worker that died between steps: the weight update and the next step carry on without it."""
+    ray = pytest.importorskip("ray")
+    coord = Coordinator("tiny-llama", RolloutConfig(num_workers=2, slots_per_worker=2, every=2, use_ray=True))
+    try:
+        step(coord, PROMPTS[:1], 2, STOPPING, "fcfs", seed=1)
+        coord.kill_worker(0)
+        coord.update_weights(load_policy("tiny-llama").model.state_dict())
+        assert len(coord.workers) == 1 and coord.lost_workers == 1
+        result = step(coord, PROMPTS, 2, STOPPING, "length_aware", seed=4)
+        assert result.metrics["workers"] == 1
+        assert outputs(result) == outputs(step(local(), PROMPTS, 2, STOPPING, "length_aware", seed=4))
+        coord.kill_worker(0)
+        with pytest.raises(StepFailed, match="every rollout worker is dead"):
+            step(coord, PROMPTS, 1, STOPPING, "fcfs")
     finally:
         coord.shutdown()
         ray.shutdown()

@@ -77,3 +77,20 @@ def test_log_probs_are_the_samplers_and_the_update_keeps_row_order():
     assert all(t.device.type == "cpu" and not t.requires_grad for t in state.values())
     with pytest.raises(ValueError, match="temperature must be > 0"):
         GRPOActor(model, train_layers=1, lr=1e-2, temperature=0.0)
+
+
+def test_a_partial_sync_of_the_trained_tensors_makes_a_worker_match_the_trainer():
+    from rollout_len.rollout.worker import RolloutWorker
+
+    model = tiny_policy("llama").model
+    actor = GRPOActor(model, train_layers=1, lr=1e-2)
+    trained = actor.trained_state_dict()
+    assert trained and set(trained) < set(actor.state_dict())  # the frozen layers do not travel
+    with torch.no_grad():
+        for p in actor.params:
+            p.add_(0.1 * torch.randn_like(p))
+    worker = RolloutWorker(worker_id=0, model="tiny-llama", slots=2)
+    prompt = [5, 6, 7, 8]
+    assert not torch.allclose(worker.logits(prompt), last_token_logits(model, prompt), atol=1e-4)
+    worker.load_weights(actor.trained_state_dict(), partial=True)
+    assert torch.allclose(worker.logits(prompt), last_token_logits(model, prompt), atol=1e-5)
