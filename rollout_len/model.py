@@ -226,8 +226,8 @@ def check_weights(model: torch.nn.Module, state: Mapping, partial: bool = False)
 
     Raises:
         TypeError: `state` is not a mapping.
-        ValueError: naming the missing, unexpected, mis-shaped, mis-typed or conflicting keys (the first
-            few of each and their count). Nothing has been copied then.
+        ValueError: naming the missing, unexpected, mis-shaped, mis-typed, conflicting or non-finite
+            keys (the first few of each and their count). Nothing has been copied then.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"weights must be a state dict (a mapping of name -> tensor), got {type(state).__name__}")
@@ -278,6 +278,15 @@ def check_weights(model: torch.nn.Module, state: Mapping, partial: bool = False)
             plan[given[0]] = first
     if conflicting:
         problems.append(f"tied keys given different values: {_listed(conflicting)}")
+    # Values that are, or become in the model's dtype, NaN or infinite would only show up as
+    # non-finite logits steps later: refuse them here.
+    non_finite = [
+        key
+        for key, value in plan.items()
+        if value.is_floating_point() and not torch.isfinite(value.to(targets[key].dtype)).all()
+    ]
+    if non_finite:
+        problems.append(f"non-finite values (NaN or inf, after casting to the model's dtype): {_listed(non_finite)}")
     if problems:
         raise ValueError("weights do not match the model: " + "; ".join(problems))
     return plan

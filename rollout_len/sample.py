@@ -53,11 +53,16 @@ class SamplingParams:
     ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks that fix lengths)
 
     def __post_init__(self) -> None:
-        def number(x) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        def number(x) -> bool:  # numpy scalars too; ints too large for a float are refused
+            if not isinstance(x, numbers.Real) or isinstance(x, bool):
+                return False
+            try:
+                return math.isfinite(float(x))
+            except OverflowError:
+                return False
 
         def integer(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
         if not number(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
@@ -73,6 +78,13 @@ class SamplingParams:
             raise ValueError(f"stop_ids must be None or a tuple of token ids >= 0, got {self.stop_ids!r}")
         if not isinstance(self.ignore_stop, bool):
             raise ValueError(f"ignore_stop must be true or false, got {self.ignore_stop!r}")
+        # Plain Python numbers from here on (numpy scalars or huge ints would reach torch otherwise).
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "top_k", int(self.top_k))
+        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+        if self.stop_ids is not None:
+            object.__setattr__(self, "stop_ids", tuple(int(t) for t in self.stop_ids))
 
 
 def sample_seed(seed: int, sample_id: str) -> int:

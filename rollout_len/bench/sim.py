@@ -51,6 +51,10 @@ def run(
         raise ValueError(f"--waves must be >= 1, got {waves}")
     if any(s < 1 for s in slots):
         raise ValueError(f"--slots must all be >= 1, got {slots}")
+    if every < 1:
+        raise ValueError(f"--every (k, decode steps per chunk) must be >= 1, got {every}")
+    if png and not str(png).lower().endswith((".png", ".pdf", ".svg")):
+        raise ValueError(f"--png {png}: the chart is written as .png, .pdf or .svg")
     groups, cap = load_trace(trace)
     cost = CostModel.from_yaml(profile or DEFAULT_COST_PROFILE)
     rng = np.random.default_rng(seed)

@@ -6,6 +6,6 @@
 Deciding lives in rollout_len.sched; this package only executes.
 """
 
-from rollout_len.rollout.coordinator import Coordinator, RolloutConfig, StepResult
+from rollout_len.rollout.coordinator import Coordinator, RolloutConfig, StepFailed, StepResult
 
-__all__ = ["Coordinator", "RolloutConfig", "StepResult"]
+__all__ = ["Coordinator", "RolloutConfig", "StepFailed", "StepResult"]

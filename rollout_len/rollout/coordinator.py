@@ -73,9 +73,10 @@ class RolloutConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "an int >= 1")
-        for name in ("tap_layer", "seed"):
-            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
-                fail(name, "an int")
+        if not isinstance(self.tap_layer, int) or isinstance(self.tap_layer, bool) or self.tap_layer == 0:
+            fail("tap_layer", "a non-zero int (decoder layer 1..L, or negative from the end)")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            fail("seed", "an int in [0, 2**63)")
         for name in ("use_ray", "online_refit"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
@@ -87,12 +88,12 @@ class RolloutConfig:
             fail("start_timeout_s", "a number of seconds > 0")
         if self.dtype not in DTYPES:
             fail("dtype", f"one of {list(DTYPES)}")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
-            fail("device", "'cpu' or 'cuda[:N]'")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            fail("device", "'cpu', 'cuda' or 'cuda:N'")
         if self.predictions not in PREDICTION_SOURCES:
             fail("predictions", f"one of {list(PREDICTION_SOURCES)}")
-        if self.ray_address is not None and not isinstance(self.ray_address, str):
-            fail("ray_address", "null or an address string")
+        if self.ray_address is not None and not (isinstance(self.ray_address, str) and self.ray_address):
+            fail("ray_address", "null (a local Ray instance) or an address such as 'auto' or 'host:6379'")
         if self.cost_profile is not None:
             try:
                 CostModel.from_yaml(self.cost_profile)
@@ -214,14 +215,18 @@ class Coordinator:
             self.workers = [remote.remote(worker_id=w, **args) for w in range(c.num_workers)]
             try:  # models loaded everywhere before any step
                 self.limits = ray.get([a.limits.remote() for a in self.workers], timeout=c.start_timeout_s)[0]
-            except ray.exceptions.GetTimeoutError as err:
-                for a in self.workers:
+            except BaseException as err:
+                for a in self.workers:  # none of them is left running
                     ray.kill(a)
-                raise RuntimeError(
-                    f"{c.num_workers} rollout workers did not start within {c.start_timeout_s:.0f} s "
-                    f"(RolloutConfig.start_timeout_s): does the Ray cluster have {c.threads_per_worker} CPU(s) "
-                    f"and {c.gpus_per_worker} GPU(s) free for each? Ray: {ray.available_resources()}"
-                ) from err
+                if isinstance(err, ray.exceptions.GetTimeoutError):
+                    raise RuntimeError(
+                        f"{c.num_workers} rollout workers did not start within {c.start_timeout_s:.0f} s "
+                        f"(RolloutConfig.start_timeout_s): does the Ray cluster have {c.threads_per_worker} CPU(s) "
+                        f"and {c.gpus_per_worker} GPU(s) free for each? Ray: {ray.available_resources()}"
+                    ) from err
+                if isinstance(err, ray.exceptions.RayError):
+                    raise RuntimeError(f"a rollout worker failed to start: {err}") from err
+                raise
         else:
             self.workers = [worker_cls(worker_id=w, **args) for w in range(c.num_workers)]
             self.limits = self.workers[0].limits()
@@ -243,28 +248,44 @@ class Coordinator:
         loads it from there; a worker found dead is dropped (counted in `lost_workers` and the next
         step's `workers` metric) and the others carry on.
         """
+        if not self.workers:
+            raise RuntimeError("every rollout worker is dead; start a new Coordinator")
+        # Two phases: every worker checks the update, then every worker copies it, so workers never
+        # end up on different weights (a refused update reaches none of them).
         if self.config.use_ray:
             import ray
 
             ref = ray.put(state)
-            refs = [(a, a.load_weights.remote(ref, partial=partial)) for a in self.workers]
-            alive = []
-            for actor, done in refs:
-                try:
-                    ray.get(done)
-                    alive.append(actor)
-                except ray.exceptions.RayActorError:  # died between steps: the next steps run without it
-                    self.lost_workers += 1
-                except ray.exceptions.RayTaskError as err:
-                    if isinstance(err.cause, (ValueError, TypeError, RuntimeError)):
-                        raise err.cause from None  # the worker's own message, without Ray's wrapping
-                    raise
-            self.workers = alive
-            if not alive:
-                raise RuntimeError("every rollout worker is dead; start a new Coordinator")
+            self._on_every_worker("check_weights", ref, partial)
+            self._on_every_worker("load_weights", ref, partial)
         else:
             for w in self.workers:
+                w.check_weights(state, partial=partial)
+            for w in self.workers:
                 w.load_weights(state, partial=partial)
+
+    def _on_every_worker(self, method: str, *args) -> None:
+        """Call a method on every Ray worker; drop the dead ones; re-raise a worker's own error."""
+        import ray
+
+        refs = [(a, getattr(a, method).remote(*args)) for a in self.workers]
+        alive, error = [], None
+        for actor, ref in refs:
+            try:
+                ray.get(ref)
+                alive.append(actor)
+            except ray.exceptions.RayActorError:  # died between steps: the next steps run without it
+                self.lost_workers += 1
+            except ray.exceptions.RayTaskError as err:
+                alive.append(actor)
+                error = error or err
+        self.workers = alive
+        if error is not None:
+            if isinstance(error.cause, (ValueError, TypeError, RuntimeError, OSError)):
+                raise error.cause from None  # the worker's own message, without Ray's wrapping
+            raise error
+        if not alive:
+            raise RuntimeError("every rollout worker is dead; start a new Coordinator")
 
     def worker_logits(self, prompt_ids: list[int]) -> list[torch.Tensor]:
         if self.config.use_ray:
@@ -277,6 +298,10 @@ class Coordinator:
         """Kill one worker's actor now (fault-tolerance drills); the step in flight carries on."""
         import ray
 
+        if not self.config.use_ray:
+            raise ValueError(
+                "kill_worker drills Ray actors; this Coordinator runs its workers in-process (use_ray=False)"
+            )
         ray.kill(self.workers[index], no_restart=True)
 
     # ------------------------------------------------------------------ one step
@@ -300,6 +325,8 @@ class Coordinator:
             raise ValueError(f"unknown policy {policy!r}; valid: {sorted(POLICIES)}")
         if not samples:
             raise ValueError("run_step needs at least one sample")
+        if not self.workers:
+            raise RuntimeError("every rollout worker is dead; start a new Coordinator")
         bad = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
         if bad:
             raise TypeError(f"run_step takes rollout_len.sample.Sample objects, got {bad[0]}")
@@ -325,15 +352,20 @@ class Coordinator:
             head_state=self._head_state,
             seed=seed,
         )
-        manager.submit(work)
+        try:
+            manager.submit(work)
+        except Exception as err:  # nothing has reached a worker yet
+            raise StepFailed(f"rollout step ({policy}) failed before starting: {err}") from err
         cluster = RayCluster(self.workers) if self.config.use_ray else LocalCluster(self.workers)
         observed = _Observed(cluster, on_report, self) if on_report is not None else cluster
         start = time.perf_counter()
         try:
             timeline = drive(manager, observed, self.config.every)
-        except Exception as err:
+        except BaseException as err:  # KeyboardInterrupt too: the workers must not keep the step's samples
             self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
             self._recover(cluster)
+            if not isinstance(err, Exception):
+                raise
             raise StepFailed(f"rollout step ({policy}) failed: {_name_samples(str(err), index)}") from err
         wall = time.perf_counter() - start
         self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
@@ -395,15 +427,16 @@ class Coordinator:
             return 0.0
         z = torch.cat([x for x, _ in manager.training])
         y = torch.cat([r for _, r in manager.training])
-        if self.head is None:
+        if self.head is None or self.trainer is None:  # both or neither: a failed first fit starts over
             budget = max(t.sample.params.max_new_tokens for t in manager.samples.values())
-            self.head = SoftLabelHead(
+            head = SoftLabelHead(
                 HeadConfig(in_dim=z.shape[1], hidden_dim=64, dropout=0.2), LengthBins.log_spaced(budget, num_bins=20)
             )
-            self.head.set_standardization(z)
-            self.trainer = OnlineTrainer(
-                self.head, buffer_size=8192, lr=1e-3, epochs=self.config.refit_epochs, seed=self.config.seed
+            head.set_standardization(z)
+            trainer = OnlineTrainer(
+                head, buffer_size=8192, lr=1e-3, epochs=self.config.refit_epochs, seed=self.config.seed
             )
+            self.head, self.trainer = head, trainer
         self.trainer.add(z, y)
         self.trainer.refit()
         self._head_state = self.head.to_state()

@@ -83,16 +83,28 @@ class RolloutWorker:
         """
         from rollout_len.model import load_weights
 
+        try:
+            return load_weights(self.policy.model, self._weights(state), partial=partial)
+        except ValueError as err:
+            raise ValueError(f"worker {self.worker_id}: {err}") from None
+
+    def check_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> None:
+        """Everything `load_weights` checks, copying nothing (the first phase of a synchronized update)."""
+        from rollout_len.model import check_weights
+
+        try:
+            check_weights(self.policy.model, self._weights(state), partial=partial)
+        except ValueError as err:
+            raise ValueError(f"worker {self.worker_id}: {err}") from None
+
+    def _weights(self, state: dict[str, torch.Tensor] | str) -> dict[str, torch.Tensor]:
         if self.engine.has_unfinished():
             raise RuntimeError(f"worker {self.worker_id}: weights change between steps, not while samples are running")
         if isinstance(state, str) or hasattr(state, "__fspath__"):
             from safetensors.torch import load_file
 
-            state = load_file(state)
-        try:
-            return load_weights(self.policy.model, state, partial=partial)
-        except ValueError as err:
-            raise ValueError(f"worker {self.worker_id}: {err}") from None
+            return load_file(state)
+        return state
 
     @torch.no_grad()
     def logits(self, prompt_ids: list[int]) -> torch.Tensor:

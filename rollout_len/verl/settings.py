@@ -727,6 +727,11 @@ def coordinator_config(settings: dict, prefix: str = SETTINGS_KEY, sources: dict
     settings = dict(settings)
     if settings.get("cost_profile") is not None:
         settings["cost_profile"] = _load_cost_profile(settings["cost_profile"], sources["cost_profile"])
+    if settings.get("predictions") == "oracle":
+        raise ValueError(
+            f"{sources['predictions']}=oracle: true lengths come from a recorded run, which verl cannot pass; "
+            "use 'model' (the PLP head) or 'noise' (the do-no-harm check)"
+        )
     try:
         return RolloutConfig(**settings)
     except (TypeError, ValueError) as err:

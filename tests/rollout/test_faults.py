@@ -231,3 +231,47 @@ def test_fault_classes_fire_once():
     for _ in range(4):
         worker.engine.step()
     assert torch.is_tensor(worker.logits([5, 6]))
+
+
+def test_an_interrupted_step_is_cleaned_up_too(reference):
+    """KeyboardInterrupt is not wrapped, but the workers are reset before it propagates."""
+    coord = Coordinator("tiny-llama", config(False))
+
+    def interrupt(c, worker_id, report):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        coord.run_step(expand_prompts(PROMPTS, 2, PARAMS, seed=1), "fcfs", on_report=interrupt)
+    check_ready(coord, reference)
+
+
+def test_a_refused_update_reaches_no_worker(ray_session):
+    """Two phases: every worker checks, then every worker copies, so a refusal changes no worker."""
+    coord = Coordinator("tiny-llama", config(True))
+    try:
+        prompt = [5, 6, 7]
+        before = coord.worker_logits(prompt)
+        bad = {k: v + 0.1 for k, v in load_policy("tiny-llama").model.state_dict().items()}
+        bad[next(iter(bad))] = bad[next(iter(bad))].flatten()  # one mis-shaped tensor
+        with pytest.raises(ValueError, match="wrong shape"):
+            coord.update_weights(bad)
+        nan = {k: torch.full_like(v, float("nan")) for k, v in list(bad.items())[1:2]}
+        with pytest.raises(ValueError, match="non-finite"):
+            coord.update_weights(nan, partial=True)
+        for got, old in zip(coord.worker_logits(prompt), before):
+            assert torch.equal(got, old)
+    finally:
+        coord.shutdown()
+
+
+def test_a_failed_first_refit_does_not_break_the_next_one(monkeypatch):
+    import rollout_len.rollout.coordinator as coordinator
+
+    coord = Coordinator("tiny-llama", config(False))
+    real = coordinator.OnlineTrainer
+    monkeypatch.setattr(coordinator, "OnlineTrainer", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no room")))
+    with pytest.raises(StepFailed, match="re-fit failed"):
+        coord.run_step(expand_prompts(PROMPTS, 2, PARAMS, seed=1), "length_aware")
+    monkeypatch.setattr(coordinator, "OnlineTrainer", real)
+    coord.run_step(expand_prompts(PROMPTS, 2, PARAMS, seed=2), "length_aware")
+    assert coord.head is not None and coord.trainer is not None

@@ -112,14 +112,26 @@ def test_weight_updates_reach_the_workers():
 )
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
-        Coordinator(
-            "tiny-llama",
-            RolloutConfig(
-                use_ray=False,
-                **{k: v for k, v in kw.items() if k != "predictions"},
-                **({"predictions": kw["predictions"]} if "predictions" in kw else {}),
-            ),
-        )
+        RolloutConfig(use_ray=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"num_workers": True}, r"num_workers must be an int >= 1, got True"),
+        ({"gpus_per_worker": -1}, r"gpus_per_worker must be a number >= 0"),
+        ({"dtype": "fp8"}, r"dtype must be one of"),
+        ({"device": "tpu"}, r"device must be"),
+        ({"cost_profile": "/no/such/profile.yaml"}, r"cost_profile='/no/such/profile.yaml'"),
+        ({"use_ray": "yes"}, r"use_ray must be true or false"),
+        ({"start_timeout_s": 0}, r"start_timeout_s must be"),
+        ({"seed": 1.5}, r"seed must be an int"),
+    ],
+)
+def test_config_is_checked_at_construction(kw, match):
+    """Refused before any worker starts, naming the field (the issue's num_workers=True, gpus_per_worker=-1)."""
+    with pytest.raises(ValueError, match=match):
+        RolloutConfig(**kw)
 
 
 def test_bad_step_arguments():

@@ -163,3 +163,23 @@ def test_drive_rejects_bad_k():
     m = BucketManager(make_policy("fcfs"), 1, 1, CPU)
     with pytest.raises(ValueError, match="k"):
         drive(m, None, 0)
+
+
+def test_oracle_missing_lengths_and_empty_groups_are_clear_errors():
+    from rollout_len.sample import Sample, SamplingParams
+
+    m = BucketManager(make_policy("oracle"), 2, 2, CPU, true_lengths={"a": 3})
+    with pytest.raises(ValueError, match=r"true length of every sample; 1 have none, e.g. \['b'\]"):
+        m.submit([Sample("a", [1, 2], SamplingParams()), Sample("b", [1, 2], SamplingParams())])
+    with pytest.raises(ValueError, match="at least one group"):
+        simulate("fcfs", [], 2, 2, CPU)
+    with pytest.raises(ValueError, match="ints >= 1"):
+        simulate("fcfs", [[3, 0]], 2, 2, CPU)
+
+
+def test_an_ungrouped_sample_cannot_share_a_name_with_a_group():
+    from rollout_len.sample import Sample, SamplingParams
+
+    m = BucketManager(make_policy("fcfs"), 2, 2, CPU)
+    with pytest.raises(ValueError, match="sample '0' has no group, and another sample's group is also called '0'"):
+        m.submit([Sample("0", [1, 2], SamplingParams()), Sample("x", [3], SamplingParams(), group_id="0")])

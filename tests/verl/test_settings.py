@@ -366,3 +366,10 @@ def test_policies_that_need_true_lengths_are_refused_through_verl():
         check_policy("sjf", "x")
     assert "oracle" not in str(err.value)
     assert check_policy("fcfs", "x") == "fcfs"
+
+
+def test_oracle_predictions_are_refused_through_verl():
+    from rollout_len.verl.settings import coordinator_config
+
+    with pytest.raises(ValueError, match=r"custom.rollout_len.predictions=oracle: true lengths"):
+        coordinator_config({"predictions": "oracle"})
