@@ -183,3 +183,27 @@ def test_an_ungrouped_sample_cannot_share_a_name_with_a_group():
     m = BucketManager(make_policy("fcfs"), 2, 2, CPU)
     with pytest.raises(ValueError, match="sample '0' has no group, and another sample's group is also called '0'"):
         m.submit([Sample("0", [1, 2], SamplingParams()), Sample("x", [3], SamplingParams(), group_id="0")])
+
+
+def test_the_quality_gate_compares_with_the_survival_baseline():
+    """In flight, a predictor that knows nothing (uniform over the budget left) must not be trusted:
+    the baseline is the median remaining length of the samples that ran past t, not median - t."""
+    from rollout_len.sched.predictions import LengthPrior
+
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(60), 0.9, size=2000), 2, 512).astype(int)
+    prior = LengthPrior()
+    for L in lengths[:1000]:
+        prior.observe(int(L))
+    noise, good = PredictionQuality(), PredictionQuality()
+    for L in lengths[1000:]:
+        for t in range(16, int(L), 16):
+            baseline = prior.baseline(t, 512)
+            noise.record("inflight", rng.uniform(1, 512 - t), L - t, baseline)
+            good.record("inflight", (L - t) * np.exp(0.2 * rng.standard_normal()), L - t, baseline)
+    assert not noise.trusted("inflight") and good.trusted("inflight")
+    # t = 0: the baseline is the constant median length
+    assert prior.baseline(0, 512) == pytest.approx(float(np.median(lengths[:1000])))
+    # past t, the median residual of the survivors, not the median minus t
+    t = 200
+    assert prior.remaining(t, 512) == pytest.approx(float(np.median(lengths[:1000][lengths[:1000] > t])) - t)
