@@ -17,7 +17,7 @@ from rollout_len.sched.predictions import PredictionQuality
 from rollout_len.sched.simulator import load_trace, lower_bound_s, simulate
 
 DEFAULT_TRACE = "docs/results/traces/forelen-rl.json"
-DEFAULT_POLICIES = ("fcfs", "static_padded", "bucketed_padded", "length_aware", "oracle")
+DEFAULT_POLICIES = ("fcfs", "pool", "static_padded", "bucketed_padded", "length_aware", "oracle")
 
 
 def draw_groups(groups: list[list[int]], prompts: int, n: int, rng: np.random.Generator) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """The scheduler: decides where and when each sample of a rollout step decodes. Decide-only.
 
-    policies        the registry (fcfs, static_padded, bucketed_padded, length_aware, oracle)
+    policies        the registry (pool, fcfs, static_padded, bucketed_padded, length_aware, oracle)
     bucket_manager  every sample's state; carries out a policy's decisions as per-worker Orders
     view            the read-only SchedulerView policies decide from
     predictions     length buckets, the constant prior, prediction-quality gate

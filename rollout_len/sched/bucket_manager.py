@@ -288,8 +288,12 @@ class BucketManager:
         orders.admit, w.imports = w.imports, []
         free = w.slots - w.committed
         alive = self.alive_workers()
-        if self._pool and len(self._pool) < sum(max(0, o.slots - len(o.running)) for o in alive):
-            free = min(free, math.ceil(len(self._pool) / len(alive)))  # little work: spread it
+        if self._pool and len(self._pool) < sum(max(0, o.slots - o.committed) for o in alive):
+            # Little work: spread it so every worker ends with the same load. The target counts the
+            # pool and everything already committed, so it stays put while the pool drains across
+            # the workers' turns (a share of what is *left* would shrink, leaving the last ones short).
+            load = len(self._pool) + sum(o.committed for o in alive)
+            free = min(free, max(0, math.ceil(load / len(alive)) - w.committed))
         if free > 0:
             for sid in self.policy.admit(self, w, free):
                 self._take(sid)

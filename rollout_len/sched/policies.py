@@ -7,6 +7,7 @@ returns three kinds of decision, which the manager carries out:
   admit(view, worker, n)        which waiting samples start on a worker with n free slots
   migrate(view, worker, now)    which running samples move, as Migrations (sample id, from, to)
 
+    pool           prediction-free shared pool: whichever worker frees a slot takes the next sample
     fcfs           length-blind: each sample goes to the worker with the fewest in-flight samples
                    when submitted, and starts first-come-first-served (verl's default router + vLLM)
     static_padded  fcfs placement, padded static batches that run to their longest (HF generate)
@@ -69,6 +70,14 @@ class Policy:
     def migrate(self, m: SchedulerView, w: WorkerView, now: float) -> list[Migration]:
         """Called after worker w reported at time `now`."""
         return []
+
+
+@register_policy("pool")
+class Pool(Policy):
+    """Prediction-free: one shared pool, taken first-come by whichever worker frees a slot (late
+    binding). The baseline a length-aware policy must beat."""
+
+    uses_predictions = False
 
 
 @register_policy("fcfs")

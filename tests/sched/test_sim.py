@@ -207,3 +207,16 @@ def test_the_quality_gate_compares_with_the_survival_baseline():
     # past t, the median residual of the survivors, not the median minus t
     t = 200
     assert prior.remaining(t, 512) == pytest.approx(float(np.median(lengths[:1000][lengths[:1000] > t])) - t)
+
+
+def test_a_small_pool_is_spread_evenly_in_one_round():
+    """256 samples on 16 workers x 64 slots: 16 each at once, none left waiting a chunk."""
+    from rollout_len.sample import Sample, SamplingParams
+
+    m = BucketManager(make_policy("length_aware"), 16, 64, CPU, predictions="noise")
+    m.submit([Sample(f"s{i}", [1, 2, 3], SamplingParams(max_new_tokens=64)) for i in range(256)])
+    admitted = [len(m.orders_for(w, 16).admit) for w in range(16)]
+    assert admitted == [16] * 16 and not m.pool
+    m = BucketManager(make_policy("pool"), 2, 4, CPU)
+    m.submit([Sample(f"s{i}", [1, 2, 3], SamplingParams(max_new_tokens=64)) for i in range(4)])
+    assert [len(m.orders_for(w, 16).admit) for w in range(2)] == [2, 2]
