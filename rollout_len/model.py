@@ -297,7 +297,11 @@ def load_weights(model: torch.nn.Module, state: Mapping, partial: bool = False) 
 
     Everything is checked before the first copy, so a refused update leaves the old weights intact.
     """
-    plan = check_weights(model, state, partial=partial)
+    return copy_weights(model, check_weights(model, state, partial=partial))
+
+
+def copy_weights(model: torch.nn.Module, plan: dict[str, torch.Tensor]) -> list[str]:
+    """Copy a plan returned by `check_weights` into the model in place; returns the keys copied."""
     targets = model.state_dict()
     with torch.no_grad():
         for key, value in plan.items():

@@ -12,10 +12,11 @@ scheduler (rollout_len.sched) reads samples without it; the engine owns the RNG
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 import numbers
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["SamplingParams", "Sample", "SampleStatus", "FINISH_REASONS", "sample_seed", "expand_prompts"]
@@ -139,8 +140,11 @@ class Sample:
         return FINISH_REASONS.get(self.status)
 
     def copy(self) -> Sample:
-        """An independent copy (token lists copied), e.g. to hand to a worker in the same process."""
-        return replace(self, output_ids=list(self.output_ids), logprobs=list(self.logprobs))
+        """An independent copy (output lists copied; the prompt is shared, never mutated), e.g. to hand
+        to a worker in the same process. Not re-validated: the original was."""
+        new = copy.copy(self)
+        new.output_ids, new.logprobs = list(self.output_ids), list(self.logprobs)
+        return new
 
 
 def expand_prompts(prompts: list[list[int]], n: int, params: SamplingParams, seed: int = 0) -> list[Sample]:

@@ -250,19 +250,19 @@ class Coordinator:
         """
         if not self.workers:
             raise RuntimeError("every rollout worker is dead; start a new Coordinator")
-        # Two phases: every worker checks the update, then every worker copies it, so workers never
-        # end up on different weights (a refused update reaches none of them).
+        # Two phases: every worker checks the update (and keeps the checked tensors), then every worker
+        # copies them, so workers never end up on different weights (a refused update reaches none).
         if self.config.use_ray:
             import ray
 
             ref = ray.put(state)
-            self._on_every_worker("check_weights", ref, partial)
-            self._on_every_worker("load_weights", ref, partial)
+            self._on_every_worker("stage_weights", ref, partial)
+            self._on_every_worker("commit_weights")
         else:
             for w in self.workers:
-                w.check_weights(state, partial=partial)
+                w.stage_weights(state, partial=partial)
             for w in self.workers:
-                w.load_weights(state, partial=partial)
+                w.commit_weights()
 
     def _on_every_worker(self, method: str, *args) -> None:
         """Call a method on every Ray worker; drop the dead ones; re-raise a worker's own error."""

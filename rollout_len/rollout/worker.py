@@ -51,6 +51,7 @@ class RolloutWorker:
         self.policy = load_policy(model, dtype=dtype, device=device)
         self.tap_layer = tap_layer
         self.tracker = PLPTracker(None, self.policy.hidden_size)
+        self._staged: dict[str, torch.Tensor] | None = None  # weights checked by stage_weights, not yet copied
         self.reset()
 
     def reset(self) -> None:
@@ -88,14 +89,26 @@ class RolloutWorker:
         except ValueError as err:
             raise ValueError(f"worker {self.worker_id}: {err}") from None
 
-    def check_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> None:
-        """Everything `load_weights` checks, copying nothing (the first phase of a synchronized update)."""
+    def stage_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> None:
+        """Phase one of a synchronized update: check everything `load_weights` checks and keep the
+        checked tensors, copying nothing; `commit_weights` then copies them without checking again."""
         from rollout_len.model import check_weights
 
         try:
-            check_weights(self.policy.model, self._weights(state), partial=partial)
+            self._staged = check_weights(self.policy.model, self._weights(state), partial=partial)
         except ValueError as err:
             raise ValueError(f"worker {self.worker_id}: {err}") from None
+
+    def commit_weights(self) -> list[str]:
+        """Phase two: copy the weights `stage_weights` checked; returns the keys copied."""
+        from rollout_len.model import copy_weights
+
+        if self._staged is None:
+            raise RuntimeError(f"worker {self.worker_id}: no staged weights (call stage_weights first)")
+        if self.engine.has_unfinished():
+            raise RuntimeError(f"worker {self.worker_id}: weights change between steps, not while samples are running")
+        plan, self._staged = self._staged, None
+        return copy_weights(self.policy.model, plan)
 
     def _weights(self, state: dict[str, torch.Tensor] | str) -> dict[str, torch.Tensor]:
         if self.engine.has_unfinished():
