@@ -5,8 +5,8 @@ rollout-len generate --prompts prompts.jsonl --n 4 --temperature 1.0 --json out.
 rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
 rollout-len bench engine --json docs/results/engine.json [--quick]
 rollout-len bench kernels --json docs/results/kernels.json [--quick]
-rollout-len bench rollout --policies fcfs,length_aware,oracle --workers 2 --prompts 16 --n 8 --json OUT [--quick]
-rollout-len bench sim --workers 64 --json OUT
+rollout-len bench rollout --policies pool,fcfs,length_aware,oracle --task arith --repeats 3 --json OUT [--quick]
+rollout-len bench sim --json OUT --md OUT [--regimes cpu-live,h100-queue-4] [--png OUT]
 rollout-len bench calibrate --yaml OUT
 rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
 rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
@@ -59,14 +59,19 @@ def _add_bench(sub) -> None:
     r = bench.add_parser("rollout", help="scheduling policies on real Ray workers decoding the model")
     r.add_argument(
         "--policies",
-        default="fcfs,static_padded,bucketed_padded,length_aware,oracle",
-        help="comma list of policies (fcfs first; oracle uses its lengths)",
+        default="pool,fcfs,length_aware,oracle",
+        help="comma list of policies, each run once per round (oracle: the true lengths of another run)",
+    )
+    r.add_argument(
+        "--repeats", type=int, default=3, help="rounds; the policy order alternates between them (medians, 95%% CIs)"
     )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--prompts", type=int, default=16)
     r.add_argument("--n", type=int, default=8, help="samples per prompt")
     r.add_argument("--slots", type=int, default=8, help="decode slots per worker (queues form beyond them)")
     r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--task", default="gsm8k", help="prompt set (rollout_len.bench.lengths.TASKS), e.g. gsm8k, arith")
+    r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--every", type=int, default=16, help="PLP interval k (decode steps per chunk)")
     r.add_argument(
         "--warmup-steps", type=int, default=2, help="length_aware steps on other prompts first (fit the head)"
@@ -75,25 +80,44 @@ def _add_bench(sub) -> None:
     r.add_argument("--model", default="smollm2-135m")
     r.add_argument("--json", metavar="OUT")
     r.add_argument("--png", metavar="OUT", help="Gantt timeline per policy")
-    r.add_argument("--quick", action="store_true", help="8 prompts x 4, 128 tokens, 1 warm-up step")
+    r.add_argument("--quick", action="store_true", help="2 workers, 8 prompts x 4, 96 tokens, 1 warm-up step, 2 rounds")
     r.add_argument("--seed", type=int, default=0)
-    sm = bench.add_parser("sim", help="scheduling policies on simulated workers (cost model + length trace)")
-    sm.add_argument("--workers", type=int, default=64)
-    sm.add_argument("--slots", default="4,16", help="comma list of slots per worker (one regime each)")
-    sm.add_argument("--waves", type=int, default=4, help="samples per step = waves x workers x slots")
-    sm.add_argument("--n", type=int, default=8)
-    sm.add_argument("--trace", default="docs/results/traces/forelen-rl.json")
-    sm.add_argument("--profile", help="cost-model YAML (default: the measured CPU profile)")
+    sm = bench.add_parser(
+        "sim",
+        help="scheduling policies on simulated workers (cost model + length trace), every regime by default",
+    )
+    sm.add_argument("--regimes", help="comma list of named regimes (default: all; see rollout_len/bench/sim.py)")
+    sm.add_argument(
+        "--policies", help="comma list (default: fcfs,pool,static_padded,bucketed_padded,length_aware,oracle)"
+    )
+    custom = sm.add_argument_group("one custom regime instead (unset fields as in cpu-queue-4)")
+    custom.add_argument("--workers", type=int)
+    custom.add_argument("--slots", type=int, help="slots per worker")
+    custom.add_argument("--prompts", type=int)
+    custom.add_argument("--n", type=int, help="samples per prompt")
+    custom.add_argument("--trace", help="length trace JSON/JSONL, or synthetic:reasoning|short|mix")
+    custom.add_argument("--profile", help="cost-model YAML")
+    custom.add_argument("--every", type=int, help="decode steps per chunk (PLP interval k)")
     sm.add_argument("--sigma", type=float, default=0.5, help="log-normal noise of the simulated predictor")
-    sm.add_argument("--every", type=int, default=16)
     sm.add_argument("--json", metavar="OUT")
     sm.add_argument("--png", metavar="OUT")
+    sm.add_argument("--md", metavar="OUT", help="the regimes' tables as Markdown")
     sm.add_argument("--seed", type=int, default=0)
     ca = bench.add_parser("calibrate", help="fit the cost model to measured DecodeEngine steps")
     ca.add_argument("--model", default="smollm2-135m")
     ca.add_argument("--threads", type=int, default=1)
     ca.add_argument("--yaml", metavar="OUT", required=True)
     ca.add_argument("--json", metavar="OUT", help="the measurements")
+    ln = bench.add_parser("lengths", help="response-length distribution and solve rate of a task (a length trace)")
+    ln.add_argument("--task", default="gsm8k", help="gsm8k, gsm8k-short, gsm8k-mix, arith, arith-explain, arith-mix")
+    ln.add_argument("--prompts", type=int, default=16)
+    ln.add_argument("--n", type=int, default=8, help="samples per prompt")
+    ln.add_argument("--max-new-tokens", type=int, default=256)
+    ln.add_argument("--temperature", type=float, default=1.0)
+    ln.add_argument("--seed", type=int, default=0, help="sampling and the synthetic tasks' numbers")
+    ln.add_argument("--batch", type=int, default=64, help="decode slots of the engine")
+    ln.add_argument("--model", default="smollm2-135m")
+    ln.add_argument("--json", metavar="OUT", help="figures and the trace (groups of lengths, max_new_tokens)")
     k = bench.add_parser("kernels", help="entropy over the vocabulary: naive vs chunked (CPU), Triton (GPU)")
     k.add_argument("--json", metavar="OUT")
     k.add_argument("--quick", action="store_true")
@@ -108,7 +132,9 @@ def _add_forelen(sub) -> None:
     b.add_argument("--out", required=True)
     b.add_argument("--prompts", metavar="FILE.jsonl", help="your own prompts instead of the scenario's")
     b.add_argument("--limit", type=int, help="number of prompts")
-    b.add_argument("--quick", action="store_true", help="a few prompts, short budgets: the whole path in minutes")
+    b.add_argument(
+        "--quick", action="store_true", help="a few prompts asking for short answers, 128 tokens: the path in minutes"
+    )
     b.add_argument("--every", type=int, default=16, help="PLP checkpoint interval k (tokens)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-batch-size", type=int, default=32)
@@ -117,13 +143,13 @@ def _add_forelen(sub) -> None:
     e.add_argument(
         "--methods",
         default="all",
-        help="comma list of constant,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
+        help="comma list of constant,survival,survival_group,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
         "s3,ltr_c,trail,pia,tpv,history,siblings, or 'all'",
     )
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
     e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
     e.add_argument("--json", metavar="OUT")
-    c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens")
+    c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens: PLP and the survival baselines")
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
     c.add_argument("--png", metavar="OUT")
@@ -153,7 +179,7 @@ def _forelen(args) -> int:
             max_batch_size=args.max_batch_size,
         )
         return 0
-    from rollout_len.forelen.evaluate import METHODS, evaluate_methods, format_table, plp_curve
+    from rollout_len.forelen.evaluate import CURVE_METHODS, METHODS, evaluate_methods, format_table, plp_curve
 
     if args.forelen == "plots":
         from rollout_len.forelen.plots import plot_lengths
@@ -182,13 +208,18 @@ def _forelen(args) -> int:
         payload = {sc: {k: v for k, v in rows.items() if not k.startswith("_")} for sc, rows in results.items()}
     else:
         curve = plp_curve(args.data)
-        for t, m in curve.items():
-            print(f"t={t:4d}  remaining-length MAE {m['mae']:7.1f}  (n={m['n']})")
-        payload = {str(t): m for t, m in curve.items()}
+        names = [m for m in CURVE_METHODS if any(m in row for row in curve.values())]
+        print("remaining-length MAE at t (n: test samples still running at t; capped: share of them that hit the cap)")
+        print(f"{'t':>5s} {'n':>5s} {'capped':>6s} " + " ".join(f"{m:>14s}" for m in names))
+        for t, row in curve.items():
+            first = next(iter(row.values()))
+            cells = [f"{row[m]['mae']:14.1f}" if m in row else f"{'-':>14s}" for m in names]
+            print(f"{t:5d} {first['n']:5d} {first['capped_fraction']:6.0%} " + " ".join(cells))
+        payload = {str(t): row for t, row in curve.items()}
         if args.png:
             from rollout_len.forelen.plots import plot_plp_curve
 
-            plot_plp_curve(curve, args.png, title=f"PLP: remaining-length error ({Path(args.data).name})")
+            plot_plp_curve(curve, args.png, title=f"remaining-length error ({Path(args.data).name})")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
@@ -249,6 +280,11 @@ def _generate(args) -> int:
     return 0
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma list from the command line: 'a, b,' -> ('a', 'b')."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rollout-len", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,44 +311,66 @@ def main(argv: list[str] | None = None) -> int:
             from rollout_len.bench.rollout import run as run_rollout
 
             run_rollout(
-                tuple(p for p in args.policies.split(",") if p),
-                args.workers,
-                args.prompts,
-                args.n,
-                args.slots,
-                args.max_new_tokens,
-                args.every,
-                args.warmup_steps,
-                args.model,
-                args.predictions,
-                args.quick,
-                args.json,
-                args.png,
-                args.seed,
+                _names(args.policies),
+                workers=args.workers,
+                prompts=args.prompts,
+                n=args.n,
+                slots=args.slots,
+                max_new_tokens=args.max_new_tokens,
+                every=args.every,
+                warmup_steps=args.warmup_steps,
+                repeats=args.repeats,
+                task=args.task,
+                temperature=args.temperature,
+                model=args.model,
+                predictions=args.predictions,
+                quick=args.quick,
+                json_path=args.json,
+                png=args.png,
+                seed=args.seed,
             )
             return 0
         if args.command == "bench" and args.bench == "sim":
+            from rollout_len.bench.sim import DEFAULT_POLICIES, REGIMES
             from rollout_len.bench.sim import run as run_sim
 
-            slots = tuple(int(x) for x in args.slots.split(",") if x)
+            fields = ("workers", "slots", "prompts", "n", "trace", "profile", "every")
+            custom = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+            if custom and args.regimes:
+                raise ValueError(
+                    "--regimes picks named regimes; --workers/--slots/... define one custom regime: not both"
+                )
             run_sim(
-                args.workers,
-                slots,
-                args.waves,
-                args.n,
-                args.trace,
-                args.profile,
-                every=args.every,
+                regimes=_names(args.regimes) if args.regimes else tuple(REGIMES),
+                custom=custom or None,
+                policies=_names(args.policies) if args.policies else DEFAULT_POLICIES,
                 sigma=args.sigma,
                 json_path=args.json,
                 png=args.png,
                 seed=args.seed,
+                md_path=args.md,
+                command="rollout-len bench sim " + " ".join(sys.argv[3:] if argv is None else argv[2:]),
             )
             return 0
         if args.command == "bench" and args.bench == "calibrate":
             from rollout_len.bench.calibrate import run as run_calibrate
 
             run_calibrate(args.model, args.threads, args.yaml, args.json)
+            return 0
+        if args.command == "bench" and args.bench == "lengths":
+            from rollout_len.bench.lengths import run as run_lengths
+
+            run_lengths(
+                args.task,
+                args.prompts,
+                args.n,
+                args.max_new_tokens,
+                args.temperature,
+                args.seed,
+                args.batch,
+                args.model,
+                args.json,
+            )
             return 0
         if args.command == "bench" and args.bench == "kernels":
             from rollout_len.bench.kernels import run as run_kernels

@@ -5,7 +5,9 @@ train split, choose settings on val, predict on test.
 
 | name | family | input |
 | --- | --- | --- |
-| `constant` | RL-native | nothing: the train median (per decode step: of the remaining length) |
+| `constant` | RL-native | nothing: the train median length, at admission (t = 0) only |
+| `survival` | RL-native | nothing but t and the budget: the train median of L - t over samples with L > t (in flight) |
+| `survival_group` | RL-native | `survival` over the other samples of the same prompt that ran past t |
 | `ssjf_reg`, `ssjf_mc` | SSJF (Qiu et al. 2024) | prompt text → frozen proxy encoder → regression / multi-class head |
 | `s3` | S3 (Jin et al. 2023) | prompt text → frozen proxy encoder → length-bucket classifier |
 | `ltr_c` | learning to rank (Fu et al. 2024) | prompt text → frozen proxy encoder → ListMLE scorer |
@@ -19,7 +21,7 @@ train split, choose settings on val, predict on test.
 from rollout_len.baselines.base import Baseline, ForeLenData, NotApplicable, evaluate_baseline
 from rollout_len.baselines.pia import PiA
 from rollout_len.baselines.proxy import LearningToRank, S3Buckets, SSJFMultiClass, SSJFReg
-from rollout_len.baselines.rl_native import Constant, History, Siblings
+from rollout_len.baselines.rl_native import Constant, History, Siblings, Survival, SurvivalGroup
 from rollout_len.baselines.tpv import TPV
 from rollout_len.baselines.trail import Trail
 
@@ -27,5 +29,18 @@ __all__ = ["BASELINES", "Baseline", "ForeLenData", "NotApplicable", "evaluate_ba
 
 BASELINES: dict[str, type[Baseline]] = {
     cls.name: cls
-    for cls in (Constant, SSJFReg, SSJFMultiClass, S3Buckets, LearningToRank, Trail, PiA, TPV, History, Siblings)
+    for cls in (
+        Constant,
+        Survival,
+        SurvivalGroup,
+        SSJFReg,
+        SSJFMultiClass,
+        S3Buckets,
+        LearningToRank,
+        Trail,
+        PiA,
+        TPV,
+        History,
+        Siblings,
+    )
 }

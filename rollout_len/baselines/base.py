@@ -4,10 +4,12 @@
     method = BASELINES["ssjf_reg"]()
     method.fit(data)                     # train on the train split, choose settings on val
     lengths = method.predict(data, TEST) # one predicted total length per test sample
-    metrics = evaluate_baseline(BASELINES["trail"](), data)   # fit + test metrics (+ by-t curve)
+    metrics = evaluate_baseline(BASELINES["trail"](), data)   # {"admission": ..., "in_flight": ..., "by_t": ...}
 
 A progressive method (`progressive = True`) also predicts the remaining length at the dataset's
-decode checkpoints (sample s, t tokens generated), the same t axis as PLP.
+decode checkpoints (sample s, t tokens generated), the same t axis as PLP. Admission-time (t = 0,
+total length) and in-flight (t > 0, remaining length) errors are kept apart, and every MAE carries
+the capped fraction of what it scored (the share of those samples that hit max_new_tokens).
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ __all__ = [
     "clamp_remaining",
     "to_remaining",
     "evaluate_baseline",
+    "scored",
+    "remaining_metrics",
+    "IN_FLIGHT",
     "prompt_text",
 ]
+
+IN_FLIGHT = "every test checkpoint with t > 0 pooled, each once (a sample counts at each checkpoint it reaches)"
 
 
 class NotApplicable(ValueError):
@@ -66,7 +73,8 @@ def to_remaining(total: torch.Tensor, steps: torch.Tensor, budget_left: torch.Te
 class ForeLenData:
     """A built ForeLen-lite dataset as the baselines see it.
 
-    Per sample: prompt index, length, split (by prompt). Per checkpoint (decode step t of sample s):
+    Per sample: prompt index, length, capped (hit max_new_tokens; from the build's `sample/capped`,
+    else length >= budget), split (by prompt). Per checkpoint (decode step t of sample s):
     t, the remaining length, the budget left, the pool of the generated final-layer states. The prompt
     texts, their proxy-encoder embeddings and the policy are read or loaded on first use.
     """
@@ -87,6 +95,8 @@ class ForeLenData:
         self.budget = int(card["sampling"]["max_new_tokens"])
         self.sample_prompt = tensors["sample/prompt"].long()
         self.lengths = tensors["sample/length"].float()
+        capped = tensors.get("sample/capped")
+        self.capped = capped.bool() if capped is not None else self.lengths >= self.budget
         self.prompt_split = tensors["prompt/split"].long()
         self.sample_split = self.prompt_split[self.sample_prompt]
         self.ckpt_sample = tensors["ckpt/sample"].long()
@@ -149,6 +159,7 @@ class Baseline:
 
     name = ""
     progressive = False  # True: `predict_remaining` at decode checkpoints as well
+    admission = True  # False: no t = 0 prediction of its own (scored in flight only)
 
     def __init__(self):
         self.selected: dict = {}
@@ -238,25 +249,50 @@ def fit_selecting_on_val(
     return best
 
 
+def scored(pred: torch.Tensor, true: torch.Tensor, capped: torch.Tensor) -> dict:
+    """`evaluate` metrics of pred against true (N,) plus `capped_fraction`: the share of the N scored
+    items whose sample hit max_new_tokens (capped (N,) bool)."""
+    return {**evaluate(pred, true), "capped_fraction": float(capped.float().mean())}
+
+
+def remaining_metrics(pred: torch.Tensor, data: ForeLenData, idx: torch.Tensor) -> dict:
+    """Remaining-length metrics of pred (C,) at the checkpoints idx (C,): `by_t` {t: metrics over the
+    samples still running at t} and `in_flight` (over every checkpoint with t > 0, pooled: IN_FLIGHT;
+    `samples` counts the distinct samples; absent when no checkpoint has t > 0)."""
+    steps, true, capped = data.ckpt_t[idx], data.ckpt_remaining[idx], data.capped[data.ckpt_sample[idx]]
+    result = {
+        "by_t": {
+            int(t): scored(pred[steps == t], true[steps == t], capped[steps == t]) for t in steps.unique().tolist()
+        }
+    }
+    later = steps > 0
+    if later.any():
+        samples = len(data.ckpt_sample[idx][later].unique())
+        result["in_flight"] = {
+            **scored(pred[later], true[later], capped[later]),
+            "samples": samples,
+            "averaged": IN_FLIGHT,
+        }
+    return result
+
+
 def evaluate_baseline(method: Baseline, data: ForeLenData) -> dict:
-    """Fit, then test metrics (Kendall's tau on `scores`). Progressive methods add the remaining-length
-    metrics per decode step t (`by_t`) and over all test checkpoints together (`checkpoints`).
-    A method that does not apply to the dataset gives {"skipped": reason}."""
+    """Fit, then test metrics: `admission` (t = 0: total length per test sample, Kendall's tau on
+    `scores`) unless the method makes no admission-time prediction, and for progressive methods the
+    remaining-length metrics `by_t` and `in_flight` (remaining_metrics). Every metrics dict carries its
+    `capped_fraction`. A method that does not apply to the dataset gives {"skipped": reason}."""
     try:
         method.fit(data)
     except NotApplicable as err:
         return {"skipped": str(err)}
-    test = data.samples(TEST)
-    true = data.lengths[test]
-    result = evaluate(method.predict(data, TEST), true)
-    result["kendall_tau"] = kendall_tau(method.scores(data, TEST).numpy(), true.numpy())
+    result: dict = {}
+    if method.admission:
+        test = data.samples(TEST)
+        true = data.lengths[test]
+        result["admission"] = scored(method.predict(data, TEST), true, data.capped[test])
+        result["admission"]["kendall_tau"] = kendall_tau(method.scores(data, TEST).numpy(), true.numpy())
     if method.progressive:
-        idx = data.checkpoints(TEST)
-        pred, true_left, steps = method.predict_remaining(data, TEST), data.ckpt_remaining[idx], data.ckpt_t[idx]
-        result["by_t"] = {
-            int(t): evaluate(pred[steps == t], true_left[steps == t]) for t in torch.unique(steps).tolist()
-        }
-        result["checkpoints"] = evaluate(pred, true_left)
+        result.update(remaining_metrics(method.predict_remaining(data, TEST), data, data.checkpoints(TEST)))
     if method.selected:
         result["selected"] = method.selected
     return result

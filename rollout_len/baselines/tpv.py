@@ -6,7 +6,7 @@ is t (1 - p̂) / p̂, within [1, budget left]. The probe is ridge regression on 
 the ridge strength is chosen on val by remaining-length MAE. Approximation: the published probe reads
 the current token's state; the dataset stores, every k tokens, the entropy-weighted pool of the
 generated tokens' final-layer states, so that pool is the probe's input. At t = 0 nothing has been
-generated and the probe has no input: the prediction is `constant`'s (the train median).
+generated and the probe has no input: the prediction is `survival`'s (at t = 0: the train median, as `constant`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from rollout_len.baselines.base import TRAIN, VAL, Baseline, ForeLenData, clamp_remaining
-from rollout_len.baselines.rl_native import Constant
+from rollout_len.baselines.rl_native import Survival
 
 __all__ = ["TPV", "RIDGE_STRENGTHS"]
 
@@ -27,8 +27,8 @@ class TPV(Baseline):
     progressive = True
 
     def fit(self, data: ForeLenData) -> None:
-        self.constant = Constant()
-        self.constant.fit(data)
+        self.survival = Survival()
+        self.survival.fit(data)
         train, val = data.decode_checkpoints(TRAIN), data.decode_checkpoints(VAL)
         x = data.ckpt_pool.double()
         self.mean, self.std = x[train].mean(0), x[train].std(0).nan_to_num(1.0).clamp_min(1e-6)
@@ -51,11 +51,11 @@ class TPV(Baseline):
         return clamp_remaining((steps * (1 - p) / p).float(), data.ckpt_budget_left[idx])
 
     def predict(self, data: ForeLenData, split: int) -> torch.Tensor:
-        return self.constant.predict(data, split)
+        return self.survival.predict(data, split)
 
     def predict_remaining(self, data: ForeLenData, split: int) -> torch.Tensor:
         idx = data.checkpoints(split)
-        out = self.constant.remaining_at(data.ckpt_t[idx], data.ckpt_budget_left[idx])
+        out = self.survival.remaining_at(data.ckpt_t[idx], data.ckpt_budget_left[idx])
         later = data.ckpt_t[idx] > 0
         if later.any():
             out[later] = self._probe(data, idx[later], self.weight)

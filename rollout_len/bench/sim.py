@@ -1,23 +1,74 @@
-"""`rollout-len bench sim`: scheduling policies on simulated workers, GRPO batches on long-tailed traces.
+"""`rollout-len bench sim`: scheduling policies on simulated workers, one GRPO step per regime.
 
-Each GRPO prompt draws a group of lengths from the trace (with replacement; a group smaller than n
-is resampled within itself). One warm-up step on a different draw fills the predictor-quality
-window, as the previous RL step would. Runs two regimes: slots scarce and slots plentiful.
+Each regime names its cost profile, workers, slots, samples and length trace (REGIMES). A step
+draws `prompts` groups of `n` lengths (a recorded trace: groups drawn with replacement, a group
+smaller than n resampled within itself; a synthetic trace: drawn fresh). Before the measured step,
+policies that use predictions run one warm-up step on a different draw, which fills the
+predictor-quality window as the previous RL step would.
+
+Every regime reports the physical floor (`floor_s`: the longest sample alone vs all tokens at full
+throughput) and, per policy, its step time and its ratios to the floor, to `pool` (the
+prediction-free shared pool, the baseline to beat) and to `fcfs`, and the share of the oracle's
+gain over `pool` it captures: (pool - policy) / (pool - oracle).
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
 from rollout_len.bench import write_json
-from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
-from rollout_len.sched.predictions import PredictionQuality
-from rollout_len.sched.simulator import load_trace, lower_bound_s, simulate
+from rollout_len.bench.lengths import length_stats
+from rollout_len.bench.traces import SYNTHETIC_TRACES, synthetic_trace
+from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, PROFILES_DIR, CostModel
+from rollout_len.sched.policies import POLICIES
+from rollout_len.sched.predictions import LengthPrior, PredictionQuality
+from rollout_len.sched.simulator import floor_s, load_trace, simulate
 
-DEFAULT_TRACE = "docs/results/traces/forelen-rl.json"
+RL_TRACE = "docs/results/traces/forelen-rl.json"
+H100 = str(PROFILES_DIR / "h100-qwen2.5-7b.yaml")
+CPU = str(DEFAULT_COST_PROFILE)
 DEFAULT_POLICIES = ("fcfs", "pool", "static_padded", "bucketed_padded", "length_aware", "oracle")
+# (policy, prediction source, what an oracle knows): the do-no-harm check (a predictor that knows
+# nothing), the bound on predicting from the prompt alone (each prompt's mean length), and padded
+# batches sorted on true lengths.
+EXTRA_RUNS = (
+    ("length_aware", "noise", "exact"),
+    ("oracle", "oracle", "prompt"),
+    ("bucketed_padded", "oracle", "exact"),
+)
+WARMUP_SAMPLES = 512  # finished samples before the measured step: the quality window's size
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One simulated step: `prompts` x `n` samples on `workers` x `slots` (trace: a file or
+    `synthetic:<name>` from rollout_len.bench.traces)."""
+
+    workers: int
+    slots: int
+    prompts: int
+    n: int
+    trace: str
+    profile: str
+    every: int = 16  # decode steps per chunk (the PLP interval k)
+    draws: int = 1  # steps drawn (a small step's result depends on its draw: report the median)
+    note: str = ""
+
+
+REGIMES: dict[str, Regime] = {
+    # verl's vLLM default admits 256 sequences per replica: the whole step starts at once.
+    "h100-one-wave": Regime(16, 256, 512, 8, "synthetic:reasoning", H100, every=64, note="queue-free: one wave"),
+    "h100-queue-4": Regime(64, 4, 128, 8, "synthetic:reasoning", H100, every=32, draws=3, note="queue-heavy: 4 waves"),
+    "h100-queue-16": Regime(64, 16, 512, 8, "synthetic:reasoning", H100, every=32, note="queue-heavy: 4 waves"),
+    "h100-mix-4": Regime(64, 4, 128, 8, "synthetic:mix", H100, every=32, draws=3, note="heterogeneous prompts"),
+    "cpu-queue-4": Regime(64, 4, 128, 8, RL_TRACE, CPU, note="measured CPU profile, the rl trace, 4 waves"),
+    "cpu-live": Regime(2, 8, 8, 8, "synthetic:short", CPU, draws=9, note="the live demo's shape, 4 waves"),
+}
 
 
 def draw_groups(groups: list[list[int]], prompts: int, n: int, rng: np.random.Generator) -> list[list[int]]:
@@ -28,95 +79,237 @@ def draw_groups(groups: list[list[int]], prompts: int, n: int, rng: np.random.Ge
     return out
 
 
+def draw_step(regime: Regime, seed: int) -> tuple[list[list[int]], int]:
+    """One step's groups of lengths (capped at the budget) and the budget."""
+    if regime.trace.startswith("synthetic:"):
+        return synthetic_trace(regime.trace.split(":", 1)[1], regime.prompts, regime.n, seed)
+    groups, cap = load_trace(regime.trace)
+    cap = cap or max(max(g) for g in groups)
+    step = draw_groups(groups, regime.prompts, regime.n, np.random.default_rng(seed))
+    return [[min(x, cap) for x in g] for g in step], cap
+
+
+def compare(policies: dict[str, dict], floor: float) -> None:
+    """Add each policy's ratios to the floor, pool and fcfs, and its share of the oracle's gain.
+    With several draws (`draws_s`, the same draws for every policy) a ratio is the median of the
+    per-draw ratios (paired), not the ratio of medians."""
+
+    def paired(p: dict, ref: str, f) -> float | None:
+        if ref not in policies:
+            return None
+        mine, theirs = (
+            p.get("draws_s", [p["step_time_s"]]),
+            policies[ref].get("draws_s", [policies[ref]["step_time_s"]]),
+        )
+        values = [f(a, b, i) for i, (a, b) in enumerate(zip(mine, theirs)) if f(a, b, i) is not None]
+        return float(np.median(values)) if values else None
+
+    pool, oracle = policies.get("pool"), policies.get("oracle")
+    pool_draws = pool.get("draws_s", [pool["step_time_s"]]) if pool else []
+    oracle_draws = oracle.get("draws_s", [oracle["step_time_s"]]) if oracle else []
+
+    def share(t: float, _: float, i: int) -> float | None:
+        if i >= len(pool_draws) or i >= len(oracle_draws) or pool_draws[i] <= oracle_draws[i]:
+            return None
+        return (pool_draws[i] - t) / (pool_draws[i] - oracle_draws[i])
+
+    for p in policies.values():
+        p["ratio_to_floor"] = p["step_time_s"] / floor
+        p["ratio_to_pool"] = paired(p, "pool", lambda a, b, i: a / b)
+        p["ratio_to_fcfs"] = paired(p, "fcfs", lambda a, b, i: a / b)
+        p["oracle_gain_share"] = paired(p, "pool", share) if oracle else None
+
+
+def targets(regime: dict) -> dict[str, dict]:
+    """The scheduling targets, met or missed, with their figures (None: does not apply)."""
+    pols = regime["policies"]
+    out = {}
+    if "oracle" in pols:
+        r = pols["oracle"]["ratio_to_floor"]
+        out["oracle_within_1.05_of_floor"] = {"value": r, "met": r <= 1.05}
+    if {"oracle", "pool", "length_aware"} <= set(pols):
+        gain = 1 - pols["oracle"]["step_time_s"] / pols["pool"]["step_time_s"]
+        share = pols["length_aware"]["oracle_gain_share"]
+        applies = gain >= 0.10
+        out["length_aware_captures_60pct_of_oracle_gain"] = {
+            "oracle_gain_over_pool": gain,
+            "value": share,
+            "met": (share is not None and share >= 0.6) if applies else None,
+        }
+    if {"length_aware+noise", "pool"} <= set(pols):
+        r = pols["length_aware+noise"]["ratio_to_pool"]
+        out["noise_within_1.02_of_pool"] = {"value": r, "met": r <= 1.02}
+    return out
+
+
+def run_regime(
+    name: str,
+    regime: Regime,
+    policies: tuple[str, ...],
+    sigma: float,
+    prompt_tokens: int,
+    seed: int,
+    timelines: dict | None = None,
+) -> dict:
+    """Every policy on the regime's draws. A policy that uses predictions first runs warm-up steps
+    (other draws, at least WARMUP_SAMPLES samples in all) that fill its predictor-quality window, as
+    earlier RL steps would; each measured draw starts from that window."""
+    cost = CostModel.from_yaml(regime.profile)
+    draws = [draw_step(regime, seed + 1000 * d) for d in range(regime.draws)]
+    cap = draws[0][1]
+    samples = regime.prompts * regime.n
+    warmups = [draw_step(regime, seed + 1 + i)[0] for i in range(min(8, -(-WARMUP_SAMPLES // samples)))]
+    all_groups = [g for groups, _ in draws for g in groups]
+    floors = [
+        floor_s([x for g in groups for x in g], regime.workers, regime.slots, cost, prompt_tokens)
+        for groups, _ in draws
+    ]
+    out = {**asdict(regime), "cost_model": cost.name, "cap": cap, "floor_s": float(np.median(floors)), "policies": {}}
+    out["samples"], out["lengths"], out["warmup_steps"] = samples, length_stats(all_groups, cap), len(warmups)
+    print(
+        f"\n[sim] {name}: {regime.workers} workers x {regime.slots} slots, {regime.prompts} prompts x {regime.n} = "
+        f"{samples} samples x {regime.draws} draw(s), {regime.trace} (median {out['lengths']['median']:.0f}, p90 "
+        f"{out['lengths']['p90']:.0f}, max {out['lengths']['max']:.0f}, capped "
+        f"{out['lengths']['capped_fraction']:.1%}), {cost.name}, k={regime.every}"
+    )
+    runs = [(p, "model", "exact") for p in policies] + [r for r in EXTRA_RUNS if r[0] in policies]
+    for policy, source, known in runs:
+        label = "oracle@prompt" if known == "prompt" else policy if source == "model" else f"{policy}+{source}"
+        args = (regime.workers, regime.slots, cost, cap, prompt_tokens, regime.every, source, sigma)
+        cls = POLICIES[policy]
+        warm, prior = PredictionQuality(), LengthPrior()
+        if cls.uses_predictions and cls.prediction_source != "oracle" and source != "oracle":
+            for groups in warmups:
+                simulate(policy, groups, *args, warm, prior, seed=seed + 1)
+        start = time.perf_counter()
+        results = [
+            simulate(policy, groups, *args, copy.deepcopy(warm), copy.deepcopy(prior), seed=seed, oracle_lengths=known)
+            for groups, _ in draws
+        ]
+        times = [r.step_time_s for r in results]
+        mid = results[int(np.argsort(times)[len(times) // 2])]
+        out["policies"][label] = {
+            "step_time_s": float(np.median(times)),
+            "draws_s": times,
+            "padded_fraction": mid.padded_fraction,
+            "migrations": mid.migrations,
+            "idle_fraction": mid.idle_fraction,
+            "policy_s": mid.policy_s,
+            "sim_wall_s": time.perf_counter() - start,
+        }
+        if timelines is not None and label in ("pool", "length_aware", "oracle"):
+            timelines[f"{label} ({name})"] = mid.timeline
+    compare(out["policies"], out["floor_s"])
+    out["targets"] = targets(out)
+    print_regime(out)
+    return out
+
+
+def print_regime(regime: dict) -> None:
+    print(
+        f"{'policy':<24}{'step s':>9}{'/floor':>8}{'/pool':>7}{'/fcfs':>7}{'oracle gain':>12}"
+        f"{'padded':>8}{'migr':>6}{'idle':>6}"
+    )
+    for label, p in regime["policies"].items():
+        share = p["oracle_gain_share"]
+        print(
+            f"{label:<24}{p['step_time_s']:>9.1f}{p['ratio_to_floor']:>8.2f}{p['ratio_to_pool'] or float('nan'):>7.2f}"
+            f"{p['ratio_to_fcfs'] or float('nan'):>7.2f}{'' if share is None else f'{share:.0%}':>12}"
+            f"{p['padded_fraction']:>8.2f}{p['migrations']:>6}{p['idle_fraction']:>6.2f}"
+        )
+    print(f"floor {regime['floor_s']:.1f} s")
+    for target, t in regime["targets"].items():
+        verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        value = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"  target {target}: {value} ({verdict})")
+
+
+def to_markdown(result: dict, command: str) -> str:
+    """The regimes' tables as Markdown, headed by the command that produced them."""
+    lines = [
+        "# Simulated GRPO steps: every regime",
+        "",
+        f"Generated by `{command}` ({result['wall_s']:.0f} s on the 2-core CI machine). Step times are",
+        "simulated seconds of one synchronous step (median over the regime's draws). `/floor`: ratio to",
+        "the physical floor; `/pool` and `/fcfs`: ratios to those policies; `oracle gain`: the share of",
+        "the exact oracle's gain over `pool` captured, (pool - policy) / (pool - oracle). With several",
+        "draws (the same draws for every policy), ratios and shares are medians of the per-draw values.",
+        "",
+    ]
+    for name, r in result["regimes"].items():
+        st = r["lengths"]
+        lines += [
+            f"## {name}: {r['workers']} workers x {r['slots']} slots, {r['samples']} samples ({r['note']})",
+            "",
+            f"Trace `{r['trace']}`: median {st['median']:.0f}, p90 {st['p90']:.0f} (p90/median "
+            f"{st['p90_over_median']:.1f}), max {st['max']:.0f} tokens, {st['capped_fraction']:.1%} capped at "
+            f"{r['cap']}. Cost model `{r['cost_model']}`, k = {r['every']}, {r['draws']} draw(s), "
+            f"{r['warmup_steps']} warm-up step(s). Floor {r['floor_s']:.1f} s.",
+            "",
+            "| policy | step s | /floor | /pool | /fcfs | oracle gain | padded | migrations |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for label, p in r["policies"].items():
+            share = "" if p["oracle_gain_share"] is None else f"{p['oracle_gain_share']:.0%}"
+            pool, fcfs = p["ratio_to_pool"] or float("nan"), p["ratio_to_fcfs"] or float("nan")
+            lines.append(
+                f"| {label} | {p['step_time_s']:.1f} | {p['ratio_to_floor']:.2f} | {pool:.2f} | {fcfs:.2f} | {share} "
+                f"| {p['padded_fraction']:.2f} | {p['migrations']} |"
+            )
+        lines.append("")
+        for target, t in r["targets"].items():
+            verdict = "does not apply" if t["met"] is None else ("met" if t["met"] else "**missed**")
+            value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+            lines.append(f"- target `{target}`: {value}, {verdict}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def run(
-    workers: int = 64,
-    slots: tuple[int, ...] = (4, 16),
-    waves: int = 4,
-    n: int = 8,
-    trace: str = DEFAULT_TRACE,
-    profile: str | None = None,
+    regimes: tuple[str, ...] = tuple(REGIMES),
+    custom: dict | None = None,
     policies: tuple[str, ...] = DEFAULT_POLICIES,
-    every: int = 16,
     sigma: float = 0.5,
     prompt_tokens: int = 128,
     json_path: str | None = None,
     png: str | None = None,
     seed: int = 0,
+    md_path: str | None = None,
+    command: str = "rollout-len bench sim",
 ) -> dict:
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
-    if waves < 1:
-        raise ValueError(f"--waves must be >= 1, got {waves}")
-    if any(s < 1 for s in slots):
-        raise ValueError(f"--slots must all be >= 1, got {slots}")
-    if every < 1:
-        raise ValueError(f"--every (k, decode steps per chunk) must be >= 1, got {every}")
+    """Run named regimes, or one `custom` regime (Regime fields overriding `cpu-queue-4`);
+    write JSON (`json_path`), Gantt charts (`png`) and Markdown tables (`md_path`)."""
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"unknown --regimes {unknown}; valid: {list(REGIMES)}")
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"unknown --policies {bad}; valid: {sorted(POLICIES)}")
     if png and not str(png).lower().endswith((".png", ".pdf", ".svg")):
         raise ValueError(f"--png {png}: the chart is written as .png, .pdf or .svg")
-    groups, cap = load_trace(trace)
-    cost = CostModel.from_yaml(profile or DEFAULT_COST_PROFILE)
-    rng = np.random.default_rng(seed)
-    result = {"workers": workers, "n": n, "trace": trace, "cost_model": cost.name, "sigma": sigma, "regimes": {}}
-    # Extra rows: the do-no-harm check (a predictor that knows nothing) and bucketing fed true lengths.
-    runs = [(p, "model") for p in policies] + [("length_aware", "noise"), ("bucketed_padded", "oracle")]
-    timelines = {}
-    for s in slots:
-        count = max(1, (waves * workers * s) // n)  # `waves` slot-fulls of samples per step
-        step = draw_groups(groups, count, n, rng)
-        warm = draw_groups(groups, count, n, rng)
-        lengths = [min(x, cap) if cap else x for g in step for x in g]  # as simulated: capped at the budget
-        regime = {
-            "slots": s,
-            "prompts": count,
-            "samples": len(lengths),
-            "lower_bound_s": lower_bound_s(lengths, workers, s, cost, prompt_tokens),
-            "policies": {},
-        }
-        print(
-            f"\n[sim] {workers} workers x {s} slots, {count} prompts x {n} = {len(lengths)} samples "
-            f"(mean {np.mean(lengths):.0f}, max {max(lengths)} tokens), cost model {cost.name}"
-        )
-        for policy, source in runs:
-            name = policy if source == "model" else f"{policy}+{source}"
-            quality = PredictionQuality()
-            simulate(policy, warm, workers, s, cost, cap, prompt_tokens, every, source, sigma, quality, seed=seed + 1)
-            start = time.perf_counter()
-            r = simulate(policy, step, workers, s, cost, cap, prompt_tokens, every, source, sigma, quality, seed=seed)
-            regime["policies"][name] = {
-                "step_time_s": r.step_time_s,
-                "padded_fraction": r.padded_fraction,
-                "migrations": r.migrations,
-                "idle_fraction": r.idle_fraction,
-                "policy_s": r.policy_s,
-                "sim_wall_s": time.perf_counter() - start,
-            }
-            if name in ("fcfs", "length_aware", "oracle"):
-                timelines[f"{name} ({s} slots)"] = r.timeline
-        base = regime["policies"]["fcfs"]["step_time_s"]
-        oracle = regime["policies"].get("oracle", {}).get("step_time_s")
-        print(
-            f"{'policy':<20}{'step s':>9}{'vs fcfs':>9}{'vs oracle':>10}{'vs bound':>9}"
-            f"{'padded':>8}{'migr':>6}{'idle':>7}"
-        )
-        for name, p in regime["policies"].items():
-            p["speedup_vs_fcfs"] = base / p["step_time_s"]
-            p["ratio_to_oracle"] = p["step_time_s"] / oracle if oracle else None
-            p["ratio_to_lower_bound"] = p["step_time_s"] / regime["lower_bound_s"]
-            print(
-                f"{name:<20}{p['step_time_s']:>9.1f}{p['step_time_s'] / base:>9.2f}"
-                f"{(p['ratio_to_oracle'] or float('nan')):>10.2f}{p['ratio_to_lower_bound']:>9.2f}"
-                f"{p['padded_fraction']:>8.2f}{p['migrations']:>6}{p['idle_fraction']:>7.2f}"
-            )
-        print(f"lower bound {regime['lower_bound_s']:.1f} s")
-        result["regimes"][str(s)] = regime
-    first = result["regimes"][str(slots[0])]
-    result["policies"], result["lower_bound_s"] = first["policies"], first["lower_bound_s"]  # the issue's schema
+    chosen = {name: REGIMES[name] for name in regimes}
+    if custom:
+        chosen = {"custom": replace(REGIMES["cpu-queue-4"], note="from the command line", **custom)}
+    for r in chosen.values():
+        for field in ("workers", "slots", "prompts", "n", "every"):
+            if getattr(r, field) < 1:
+                raise ValueError(f"--{field} must be >= 1, got {getattr(r, field)}")
+        if r.trace.startswith("synthetic:") and r.trace.split(":", 1)[1] not in SYNTHETIC_TRACES:
+            raise ValueError(f"--trace {r.trace}: valid synthetic traces are {sorted(SYNTHETIC_TRACES)}")
+    result = {"sigma": sigma, "prompt_tokens": prompt_tokens, "seed": seed, "regimes": {}}
+    timelines = {} if png else None
+    start = time.perf_counter()
+    for name, regime in chosen.items():
+        result["regimes"][name] = run_regime(name, regime, policies, sigma, prompt_tokens, seed, timelines)
+    result["wall_s"] = time.perf_counter() - start
+    print(f"\n{len(chosen)} regimes in {result['wall_s']:.0f} s")
     if png:
         from rollout_len.sched.timeline import plot_timelines
 
         plot_timelines(timelines, png, max_workers=8)
         print(f"wrote {png}")
     write_json(result, json_path)
+    if md_path:
+        Path(md_path).write_text(to_markdown(result, command) + "\n")
+        print(f"wrote {md_path}")
     return result

@@ -3,6 +3,8 @@ and PLP checkpoints.
 
     rollout-len forelen build --scenario rl --model smollm2-135m --out data/forelen/rl [--quick]
 
+`--quick`: the scenario's quick prompt count and budget, with short-answer prompts (scenarios.py).
+
 The output folder (card.json, data.safetensors, prompts.jsonl) is described in forelen/dataset.py.
 PLP checkpoints are taken as the rollout worker takes them: a PLPTracker per sample folds in every decode
 tap at the PLP layer, and a checkpoint is kept at every t (tokens generated) with `is_checkpoint(t, k)`
@@ -120,7 +122,7 @@ def build(
     spec = SCENARIOS[scenario]
     count = limit or (spec.quick_prompts if quick else spec.num_prompts)
     max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
-    texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed)
+    texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed, quick)
     start = time.time()
     policy = load_policy(model)
     depth = policy.num_layers

@@ -3,13 +3,21 @@
     rollout-len forelen eval --data data/forelen/rl --data data/forelen/reasoning --methods all --json out.json
     rollout-len forelen plp-curve --data data/forelen/rl --json curve.json --png curve.png
 
-Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the prompt's states at one layer)
-fit a SoftLabelHead on the train prompts' samples, pick the epoch on val, and report test metrics.
-`plp` fits one head on PLP checkpoints (t = 0, k, 2k, ...) to the remaining length; its table row is
-at t = 0 (prompt only); the curve gives MAE by t. The baselines (`constant`, `ssjf_reg`, `ssjf_mc`,
-`s3`, `ltr_c`, `trail`, `pia`, `tpv`, `history`, `siblings`) are in rollout_len/baselines/. Progressive
-methods (`plp`, `constant`, `trail`, `tpv`, `siblings`) also report the remaining-length error at
-each checkpoint t of the test samples (`by_t`) and over all of them (`checkpoints`).
+Two errors are kept apart. Admission time (t = 0, the prompt only): the total length of each test
+sample. In flight (t > 0): the remaining length at every test checkpoint with t > 0 (sample s, t
+tokens generated), pooled with each checkpoint once (`in_flight`), and per t over the test samples
+still running at t (`by_t`). Every MAE carries `capped_fraction`, the share of the scored samples
+whose length hit max_new_tokens (a capped length is easy to predict near the budget).
+
+The floors to beat: `constant` (admission only: the train median length) and `survival` (in flight:
+the train median of L - t over the samples that ran past t), `survival_group` (the same over the
+prompt's other samples). Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the
+prompt's states at one layer) fit a SoftLabelHead on the train prompts' samples, pick the epoch on
+val, and report test metrics at admission. `plp` fits one head on PLP checkpoints (t = 0, k, 2k, ...)
+to the remaining length and reports both. The other baselines (`ssjf_reg`, `ssjf_mc`, `s3`, `ltr_c`,
+`trail`, `pia`, `tpv`, `history`, `siblings`) are in rollout_len/baselines/; the progressive ones
+(`trail`, `tpv`, `siblings`) report in flight as well. A method that cannot be fit on the dataset
+(e.g. too few samples) is reported as skipped, with the reason, instead of stopping the table.
 """
 
 from __future__ import annotations
@@ -17,15 +25,18 @@ from __future__ import annotations
 import torch
 
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
+from rollout_len.baselines.base import IN_FLIGHT, remaining_metrics
 from rollout_len.baselines.encoder import ENCODERS
 from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset
 from rollout_len.predictor.plp import clamp_to_budget, plp_features
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
-__all__ = ["evaluate_methods", "plp_curve", "format_table", "METHODS"]
+__all__ = ["evaluate_methods", "plp_curve", "format_table", "METHODS", "CURVE_METHODS"]
 
-METHODS = ("constant", *POOLINGS, "plp", *(m for m in BASELINES if m != "constant"))  # constant: the floor to beat
+FLOORS = ("constant", "survival", "survival_group")  # no model: what every predictor must beat
+METHODS = (*FLOORS, *POOLINGS, "plp", *(m for m in BASELINES if m not in FLOORS))
+CURVE_METHODS = ("plp", "survival", "survival_group")  # compared at the same t by `plp_curve`
 
 
 def _sample_split(t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -40,13 +51,14 @@ def _fit_and_test(x, y, split, config: FitConfig):
     return head, head.predict(x[test])[0], y[test]
 
 
-def _prompt_only(card, t, method: str, layer: int, config: FitConfig) -> dict:
+def _prompt_only(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
     key = f"prompt/{layer}/{method}"
-    if key not in t:
-        raise ValueError(f"dataset has no {key}; layers built: {card['layers']}")
-    x = t[key][t["sample/prompt"]]
-    _, pred, true = _fit_and_test(x, t["sample/length"].float(), _sample_split(t), config)
-    return evaluate(pred, true)
+    if key not in data.tensors:
+        raise ValueError(f"dataset has no {key}; layers built: {data.card['layers']}")
+    x = data.tensors[key][data.sample_prompt]
+    _, pred, true = _fit_and_test(x, data.lengths, data.sample_split, config)
+    capped = data.capped[data.samples(TEST)]
+    return {"admission": {**evaluate(pred, true), "capped_fraction": float(capped.float().mean())}}
 
 
 def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
@@ -59,17 +71,28 @@ def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
     return x, y, _sample_split(t)[s], steps, budget_left
 
 
-def _plp(card, t, config: FitConfig) -> tuple[dict, dict[int, dict], dict]:
-    x, y, split, steps, budget_left = _plp_examples(card, t)
+def _plp(data: ForeLenData, config: FitConfig) -> dict:
+    """{"admission": the t = 0 checkpoints' metrics, "in_flight", "by_t"} of a PLP head fit on the
+    train checkpoints (epoch chosen on val), scored on the test checkpoints."""
+    x, y, split, _, budget_left = _plp_examples(data.card, data.tensors)
     head, _, _ = _fit_and_test(x, y, split, config)
     test = split == TEST
     mean, quantiles = head.predict(x[test])
     pred, _ = clamp_to_budget(mean, quantiles, budget_left[test])
-    by_t = {
-        int(step): evaluate(pred[steps[test] == step], y[test][steps[test] == step])
-        for step in torch.unique(steps[test]).tolist()
-    }
-    return by_t[0], by_t, evaluate(pred, y[test])
+    result = remaining_metrics(pred, data, data.checkpoints(TEST))  # test checkpoints in the same order
+    return {"admission": result["by_t"][0], **result} if 0 in result["by_t"] else result
+
+
+def _method(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
+    """One method's metrics, or {"skipped": reason} when it cannot be fit on this dataset."""
+    try:
+        if method == "plp":
+            return _plp(data, config)
+        if method in BASELINES:
+            return evaluate_baseline(BASELINES[method](), data)
+        return _prompt_only(data, method, layer, config)
+    except ValueError as err:  # e.g. too few samples for a split or for length bins
+        return {"skipped": f"cannot be fit on this dataset: {err}"}
 
 
 def evaluate_methods(
@@ -79,7 +102,9 @@ def evaluate_methods(
     config: FitConfig | None = None,
     encoder: str = "all-minilm-l6-v2",
 ) -> dict:
-    """{scenario: {method: metrics}} plus {scenario: {"_card": ...}}; `encoder`: the baselines' proxy encoder."""
+    """{scenario: {method: row}} plus {scenario: {"_card": ..., "_layer": ...}}; `encoder`: the
+    baselines' proxy encoder. A row has `admission` and/or `in_flight` and `by_t` (module docstring),
+    `selected` where a method chose settings on val, or is {"skipped": reason}."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid: {list(METHODS)} or 'all'")
@@ -93,53 +118,86 @@ def evaluate_methods(
         scenario = {"_card": {k: card[k] for k in ("model", "counts", "lengths", "sampling")}, "_layer": chosen}
         data = ForeLenData(card, t, folder, encoder)
         for method in methods:
-            if method == "plp":
-                at_start, by_t, checkpoints = _plp(card, t, config)
-                scenario["plp"] = {**at_start, "by_t": by_t, "checkpoints": checkpoints}
-            elif method in BASELINES:
-                scenario[method] = evaluate_baseline(BASELINES[method](), data)
-            else:
-                scenario[method] = _prompt_only(card, t, method, chosen, config)
+            scenario[method] = _method(data, method, chosen, config)
         results[card["scenario"]] = scenario
     return results
 
 
-def plp_curve(folder: str, config: FitConfig | None = None) -> dict[int, dict]:
+def plp_curve(folder: str, config: FitConfig | None = None) -> dict[int, dict[str, dict]]:
+    """{t: {method: metrics}} for each test checkpoint step t and each of CURVE_METHODS that applies
+    (survival_group needs several samples per prompt): the remaining-length error over the test
+    samples still running at t (`n` of them; `capped_fraction` of those hit max_new_tokens)."""
     card, t = load_dataset(folder)
-    _, by_t, _ = _plp(card, t, config or FitConfig())
-    return by_t
+    data = ForeLenData(card, t, folder)
+    rows = {"plp": _plp(data, config or FitConfig())}
+    rows.update({m: evaluate_baseline(BASELINES[m](), data) for m in CURVE_METHODS if m != "plp"})
+    rows = {m: r for m, r in rows.items() if "by_t" in r}
+    steps = sorted({step for r in rows.values() for step in r["by_t"]})
+    return {step: {m: r["by_t"][step] for m, r in rows.items() if step in r["by_t"]} for step in steps}
 
 
-CURVE_STEPS = (0, 32, 64, 128, 256, 384, 512, 768)  # decode steps shown in the printed by-t table
+CURVE_STEPS = (0, 16, 32, 64, 128, 256, 384, 512, 768)  # decode steps shown in the printed by-t table
+_W = 14  # method column width
+
+
+def _pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def _row(method: str, m: dict) -> str:
+    """One printed row: admission MAE, its capped fraction, RMSE, ±50, ±100, tau | in-flight MAE,
+    its capped fraction, checkpoints."""
+    a, f = m.get("admission"), m.get("in_flight")
+    left = (
+        f"{a['mae']:7.1f} {_pct(a['capped_fraction']):>6s} {a['rmse']:7.1f} {a['acc50']:5.2f} {a['acc100']:5.2f} "
+        f"{a['kendall_tau']:5.2f}"
+        if a
+        else f"{'-':>7s} {'-':>6s} {'-':>7s} {'-':>5s} {'-':>5s} {'-':>5s}"
+    )
+    right = f"{f['mae']:7.1f} {_pct(f['capped_fraction']):>6s} {f['n']:6d}" if f else f"{'-':>7s} {'-':>6s} {'-':>6s}"
+    return f"  {method:{_W}s} {left} | {right}"
+
+
+def _by_t_table(curves: dict[str, dict]) -> list[str]:
+    """Rows of the remaining-length MAE at each printed step t, with n and the capped fraction."""
+    steps = [s for s in CURVE_STEPS if any(s in m["by_t"] for m in curves.values())]
+    first = {s: next(m["by_t"][s] for m in curves.values() if s in m["by_t"]) for s in steps}
+    lines = [
+        "  remaining-length MAE at decode step t (test samples still running at t; n, capped: of those)",
+        f"  {'t':{_W}s} " + " ".join(f"{s:>7d}" for s in steps),
+        f"  {'n':{_W}s} " + " ".join(f"{first[s]['n']:>7d}" for s in steps),
+        f"  {'capped':{_W}s} " + " ".join(f"{_pct(first[s]['capped_fraction']):>7s}" for s in steps),
+    ]
+    for method, m in curves.items():
+        cells = [f"{m['by_t'][s]['mae']:7.1f}" if s in m["by_t"] else f"{'-':>7s}" for s in steps]
+        lines.append(f"  {method:{_W}s} " + " ".join(cells))
+    return lines
 
 
 def format_table(results: dict) -> str:
+    """The printed eval tables of `evaluate_methods` results: per scenario one row per method
+    (admission | in flight, each MAE with its capped fraction) and the by-t table."""
     lines = []
     for scenario, rows in results.items():
         lengths = rows["_card"]["lengths"]
         measured = {k: v for k, v in rows.items() if not k.startswith("_") and "skipped" not in v}
-        test_n = next(iter(measured.values()))["n"] if measured else 0
+        admitted = [v["admission"] for v in measured.values() if "admission" in v]
+        test_n = admitted[0]["n"] if admitted else 0
         lines.append(
             f"{scenario} (layer {rows['_layer']}; test n={test_n}, "
-            f"mean length {lengths['mean']:.0f}, capped {lengths['capped_fraction']:.0%})"
+            f"mean length {lengths['mean']:.0f}, capped {_pct(lengths['capped_fraction'])} of all samples)"
         )
-        lines.append(f"  {'method':9s} {'MAE':>7s} {'RMSE':>7s} {'±50':>6s} {'±100':>6s} {'tau':>6s}")
+        lines.append("  admission (t = 0): total length of each test sample")
+        lines.append(f"  in flight (t > 0): remaining length, {IN_FLIGHT}")
+        lines.append(
+            f"  {'method':{_W}s} {'MAE@0':>7s} {'capped':>6s} {'RMSE@0':>7s} {'±50':>5s} {'±100':>5s} {'tau':>5s} | "
+            f"{'MAE t>0':>7s} {'capped':>6s} {'ckpts':>6s}"
+        )
         for method, m in rows.items():
             if method.startswith("_"):
                 continue
-            if "skipped" in m:
-                lines.append(f"  {method:9s} n/a: {m['skipped']}")
-            else:
-                lines.append(
-                    f"  {method:9s} {m['mae']:7.1f} {m['rmse']:7.1f} {m['acc50']:6.2f} {m['acc100']:6.2f} "
-                    f"{m['kendall_tau']:6.2f}"
-                )
+            lines.append(f"  {method:{_W}s} n/a: {m['skipped']}" if "skipped" in m else _row(method, m))
         curves = {k: v for k, v in measured.items() if "by_t" in v}
         if curves:
-            steps = [s for s in CURVE_STEPS if any(s in v["by_t"] for v in curves.values())]
-            lines.append("  remaining-length MAE at decode step t (test checkpoints; 'all': every checkpoint)")
-            lines.append(f"  {'method':9s} " + " ".join(f"{f't={s}':>7s}" for s in steps) + f" {'all':>7s}")
-            for method, m in curves.items():
-                cells = [f"{m['by_t'][s]['mae']:7.1f}" if s in m["by_t"] else f"{'-':>7s}" for s in steps]
-                lines.append(f"  {method:9s} " + " ".join(cells) + f" {m['checkpoints']['mae']:7.1f}")
+            lines += _by_t_table(curves)
     return "\n".join(lines)

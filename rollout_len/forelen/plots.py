@@ -28,13 +28,19 @@ def plot_lengths(folders: list[str], png: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_plp_curve(curve: dict[int, dict], png: str | Path, title: str = "PLP") -> None:
+def plot_plp_curve(curve: dict[int, dict[str, dict]], png: str | Path, title: str = "PLP") -> None:
+    """Remaining-length MAE against decoded tokens t, one line per method, from `plp_curve`
+    ({t: {method: metrics}})."""
     steps = sorted(curve)
+    methods = list(dict.fromkeys(m for t in steps for m in curve[t]))
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(steps, [curve[s]["mae"] for s in steps], marker="o")
+    for method in methods:
+        shown = [t for t in steps if method in curve[t]]
+        ax.plot(shown, [curve[t][method]["mae"] for t in shown], marker="o", markersize=3, label=method)
     ax.set_xlabel("decoded tokens t")
     ax.set_ylabel("MAE of remaining length (tokens)")
     ax.set_title(title)
+    ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png, dpi=120)

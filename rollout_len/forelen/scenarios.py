@@ -1,4 +1,10 @@
-"""The three ForeLen-lite scenarios: prompts, sampling and budgets."""
+"""The three ForeLen-lite scenarios: prompts, sampling and budgets.
+
+A quick build (`forelen build --quick`) asks for short answers under a 128-token budget: GSM8K
+problems with QUICK_GSM8K_INSTRUCTION instead of step-by-step working, and longseq prompts with the
+short requested lengths only. Full-length answers would hit so small a budget nearly every time
+(a constant length leaves nothing to predict); these mostly end on their own, at lengths that vary.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,11 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from rollout_len.data import gsm8k_prompts
+from rollout_len.data import GSM8K_INSTRUCTION, gsm8k_prompts
 
-__all__ = ["Scenario", "SCENARIOS", "longseq_prompts"]
+__all__ = ["Scenario", "SCENARIOS", "QUICK_GSM8K_INSTRUCTION", "longseq_prompts", "scenario_prompts"]
+
+QUICK_GSM8K_INSTRUCTION = "Answer in one or two short sentences, ending with the number after '####'."
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,13 @@ class Scenario:
 SCENARIOS = {
     # Open-ended writing with diverse requested lengths: heavy-tailed outputs.
     "longseq": Scenario(
-        "longseq", n=1, temperature=0.8, max_new_tokens=1024, num_prompts=240, quick_prompts=32, quick_max_new_tokens=48
+        "longseq",
+        n=1,
+        temperature=0.8,
+        max_new_tokens=1024,
+        num_prompts=240,
+        quick_prompts=32,
+        quick_max_new_tokens=128,
     ),
     # GSM8K chain of thought, one sample per prompt.
     "reasoning": Scenario(
@@ -35,11 +49,11 @@ SCENARIOS = {
         max_new_tokens=512,
         num_prompts=320,
         quick_prompts=32,
-        quick_max_new_tokens=48,
+        quick_max_new_tokens=128,
     ),
     # The one-to-many RL case: GSM8K, n=8 at temperature 1.0.
     "rl": Scenario(
-        "rl", n=8, temperature=1.0, max_new_tokens=512, num_prompts=64, quick_prompts=8, quick_max_new_tokens=48
+        "rl", n=8, temperature=1.0, max_new_tokens=512, num_prompts=64, quick_prompts=8, quick_max_new_tokens=128
     ),
 }
 
@@ -89,22 +103,26 @@ _LENGTHS = [
     "in at least 600 words, in detail",
     "briefly",
 ]
+_SHORT_LENGTHS = ["in one sentence", "in two sentences", "in about 50 words", "briefly"]  # quick builds
 
 
-def longseq_prompts(count: int, seed: int = 0) -> list[str]:
-    """Writing prompts (form × topic × requested length), shuffled deterministically."""
-    combos = list(itertools.product(_FORMS, _TOPICS, _LENGTHS))
+def longseq_prompts(count: int, seed: int = 0, short: bool = False) -> list[str]:
+    """Writing prompts (form × topic × requested length), shuffled deterministically; `short`: only
+    the short requested lengths (quick builds)."""
+    combos = list(itertools.product(_FORMS, _TOPICS, _SHORT_LENGTHS if short else _LENGTHS))
     random.Random(seed).shuffle(combos)
     if count > len(combos):
         raise ValueError(f"longseq has {len(combos)} distinct prompts, {count} requested")
     return [f"Write a {form} about {topic}, {length}." for form, topic, length in combos[:count]]
 
 
-def scenario_prompts(name: str, count: int, seed: int = 0) -> list[str]:
+def scenario_prompts(name: str, count: int, seed: int = 0, quick: bool = False) -> list[str]:
+    """`count` prompts of a scenario, shuffled by `seed`; `quick`: the short-answer variants (module
+    docstring). An unknown scenario is a ValueError."""
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; valid: {sorted(SCENARIOS)}")
     if name == "longseq":
-        return longseq_prompts(count, seed)
-    rows = gsm8k_prompts()
+        return longseq_prompts(count, seed, short=quick)
+    rows = gsm8k_prompts(instruction=QUICK_GSM8K_INSTRUCTION if quick else GSM8K_INSTRUCTION)
     random.Random(seed).shuffle(rows)
     return [r["prompt"] for r in rows[:count]]

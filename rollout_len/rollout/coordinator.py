@@ -5,7 +5,7 @@
     result = coord.run_step(samples, policy="length_aware")
     result.samples       # the same samples, in the caller's order, finished
     result.groups()      # {group id: its samples} (GRPO groups)
-    result.metrics       # step time, padding, migrations, idle fraction, predictor MAE, overheads
+    result.metrics       # step time and its floor, padding, migrations, idle fraction, predictor MAE, overheads
     result.timeline      # per worker chunks and migrations (plot_timelines draws it)
     coord.update_weights(model.state_dict())   # after an optimizer step
     coord.shutdown()
@@ -36,7 +36,8 @@ from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
 from rollout_len.sched.driver import WorkerDied, drive
 from rollout_len.sched.messages import Orders
 from rollout_len.sched.policies import POLICIES, make_policy
-from rollout_len.sched.predictions import PREDICTION_SOURCES, PredictionQuality
+from rollout_len.sched.predictions import PREDICTION_SOURCES, LengthPrior, PredictionQuality
+from rollout_len.sched.simulator import floor_s
 from rollout_len.sched.timeline import Timeline
 
 __all__ = ["RolloutConfig", "Coordinator", "StepFailed", "StepResult"]
@@ -194,6 +195,7 @@ class Coordinator:
         c = self.config
         self.cost = c.cost_model()
         self.quality = PredictionQuality()
+        self.prior = LengthPrior()  # the survival baseline, over the finished samples of every step
         self.head: SoftLabelHead | None = None
         self.trainer: OnlineTrainer | None = None
         self._head_state: dict | None = None
@@ -347,6 +349,7 @@ class Coordinator:
             self.config.slots_per_worker,
             self.cost,
             quality=self.quality,
+            prior=self.prior,
             predictions=self.config.predictions,
             true_lengths=true_lengths,
             head_state=self._head_state,
@@ -449,8 +452,13 @@ class Coordinator:
                 errors.append(abs(predicted - (t.sample.num_output - done)))
         lengths = [s.num_output for s in manager.finished]
         busy = sum(w.busy_s for w in manager.workers)
+        # The cost model's floor for these lengths on the workers left (bench rollout computes the same).
+        prompt_tokens = int(np.mean([len(s.prompt_ids) for s in manager.finished]))
+        floor = floor_s(lengths, len(self.workers), self.config.slots_per_worker, self.cost, prompt_tokens)
         return {
             "step_time_s": wall,
+            "floor_s": floor,
+            "ratio_to_floor": wall / floor,
             "decode_tokens": float(manager.decode_tokens),
             "tokens_per_s": manager.decode_tokens / max(wall, 1e-9),
             "padded_fraction": manager.padded_fraction(),

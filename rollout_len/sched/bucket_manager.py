@@ -46,6 +46,7 @@ class Tracked:
     predicted: float | None = None  # remaining tokens, as of `predicted_at` tokens done
     predicted_at: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)  # (tokens done, predicted remaining)
+    group_at_start: float | None = None  # its siblings' predicted total when it started (group probes)
 
     @property
     def tokens_done(self) -> int:
@@ -127,6 +128,7 @@ class BucketManager:
         self.groups: dict[str, list[str]] = {}  # group id -> its sample ids, in submission order
         self._by_prompt: dict[str, list[str]] = {}  # prompt key -> sample ids
         self._mean_context: float | None = None
+        self._group_cache: dict[str, float | None] = {}  # prompt key -> group_estimate
 
     # ------------------------------------------------------------------ the SchedulerView
 
@@ -148,33 +150,65 @@ class BucketManager:
         return t.sample.params.max_new_tokens - t.tokens_done
 
     def predicted_remaining(self, sample_id: str) -> float:
+        """Best current estimate of a sample's remaining tokens, in [1, budget left], from sources
+        that have beaten their baseline: a running sample's own in-flight prediction; for one not
+        started, its siblings (`group`), then its prompt's head prediction (`admission`). Otherwise
+        the survival prior, which ranks every sample with the same t alike."""
         t = self._samples[sample_id]
-        left = max(self.budget_left(t), 1)
         if self.predictions == "oracle":
             return float(max(self.true_lengths[sample_id] - t.tokens_done, 1))
-        if t.tokens_done == 0 and self.quality.trusted("inflight"):
-            # Not started: its started siblings' predicted totals say more than the prompt alone
-            # (same prompt, same policy), once in-flight predictions have proven themselves.
-            siblings = [self._samples[s] for s in self.groups[t.sample.group_id or sample_id] if s != sample_id]
-            totals = [
-                s.tokens_done + self._own_remaining(s)
-                for s in siblings
-                if s.tokens_done > 0 and (s.predicted is not None or s.sample.status.is_finished)
-            ]
-            if totals:
-                return float(np.clip(np.mean(totals), 1, left))
-        return self._own_remaining(t)
+        if t.sample.status.is_finished:
+            return 0.0
+        max_new = t.sample.params.max_new_tokens
+        if t.tokens_done > 0:
+            return (
+                self._own_remaining(t)
+                if self.quality.trusted("inflight")
+                else self.prior.remaining(t.tokens_done, max_new)
+            )
+        if self.quality.trusted("group"):
+            group = self.group_estimate(sample_id)
+            if group is not None:
+                return min(max(group, 1.0), float(max(max_new, 1)))
+        if t.predicted is not None and self.quality.trusted("admission"):
+            return self._own_remaining(t)
+        return self.prior.remaining(0, max_new)
+
+    def group_estimate(self, sample_id: str) -> float | None:
+        """Total length predicted for a sample not started yet from its started siblings (same
+        prompt, same policy): the median of their finished lengths and running predicted totals;
+        None when none has started (Seer-style group probes). The same for every unstarted sample
+        of a prompt, so kept per prompt until one of its samples reports."""
+        key = self._samples[sample_id].prompt_key
+        if key not in self._group_cache:
+            totals = []
+            for sid in self._by_prompt[key]:
+                s = self._samples[sid]
+                if s.tokens_done == 0:
+                    continue
+                totals.append(
+                    float(s.tokens_done) + (0.0 if s.sample.status.is_finished else self.predicted_remaining(sid))
+                )
+            self._group_cache[key] = float(np.median(totals)) if totals else None
+        return self._group_cache[key]
 
     def _own_remaining(self, t: Tracked) -> float:
-        left = max(self.budget_left(t), 1)
+        """The sample's own latest prediction, advanced by the tokens decoded since (prior if none)."""
         if t.sample.status.is_finished:
             return 0.0
         if t.predicted is None:
             return self.prior.remaining(t.tokens_done, t.sample.params.max_new_tokens)
-        return float(np.clip(t.predicted - (t.tokens_done - t.predicted_at), 1, left))
+        left = max(self.budget_left(t), 1)
+        return min(max(t.predicted - (t.tokens_done - t.predicted_at), 1.0), float(left))
 
     def trusted(self, kind: str) -> bool:
         return self.predictions == "oracle" or self.quality.trusted(kind)
+
+    def log_error_sd(self, kind: str) -> float:
+        if self.predictions == "oracle":
+            return 0.0
+        sd = self.quality.log_error_sd(kind)
+        return sd if np.isfinite(sd) else 1.0
 
     def bucket(self, sample_id: str) -> int:
         return bucket_of(self.predicted_remaining(sample_id))
@@ -194,13 +228,14 @@ class BucketManager:
     def finish_estimate(self, sample_ids: list[str]) -> float:
         """Seconds for one worker to finish these samples at the cost model's speed (no admissions):
         with remaining r_1 <= ... <= r_B, sum over i of (r_i - r_{i-1}) * step_time(B - i + 1)."""
-        if not sample_ids:
-            return 0.0
-        r = np.sort(np.array([self.predicted_remaining(s) for s in sample_ids]))
-        live = np.arange(len(r), 0, -1)
-        c = self.cost
-        step = c.step_base_s + c.per_seq_s * live + c.per_context_token_s * live * self.mean_context()
-        return float(np.sum(np.diff(r, prepend=0.0) * step))
+        c, ctx = self.cost, self.mean_context()
+        total, done = 0.0, 0.0
+        remaining = sorted(self.predicted_remaining(s) for s in sample_ids)
+        for i, r in enumerate(remaining):
+            live = len(remaining) - i
+            total += (r - done) * (c.step_base_s + live * (c.per_seq_s + c.per_context_token_s * ctx))
+            done = r
+        return total
 
     # ------------------------------------------------------------------ events
 
@@ -319,6 +354,8 @@ class BucketManager:
 
     def _start(self, sample_id: str, w: WorkerState) -> None:
         t = self._samples[sample_id]
+        if t.tokens_done == 0 and t.group_at_start is None and self.predictions != "oracle":
+            t.group_at_start = self.group_estimate(sample_id)  # scored at its end, to earn `group` trust
         t.worker, t.running, t.migrating_to = w.worker_id, True, None
         t.sample.status = SampleStatus.RUNNING
         w.running.add(sample_id)
@@ -327,6 +364,7 @@ class BucketManager:
         """Take a worker's report: new tokens, predictions, finished and exported samples; then let
         the policy order migrations."""
         start = time.perf_counter()
+        self._group_cache.clear()  # siblings moved on
         w = self.workers[report.worker_id]
         w.busy_s += report.busy_s
         self.plp_s += report.plp_s
@@ -352,7 +390,8 @@ class BucketManager:
             self._finish(sid, status, w)
         self.policy_s += time.perf_counter() - start
         start = time.perf_counter()
-        w.finish_at = now + self.finish_estimate(list(w.running))
+        if self.policy.uses_predictions and self.trusted("inflight"):  # only migrations read it
+            w.finish_at = now + self.finish_estimate(list(w.running))
         idle = next((o for o in self.workers if o.alive and not o.running and not o.imports and o is not w), None)
         for candidate in (w, idle) if idle is not None else (w,):  # idle workers send no reports: ask for them
             for move in self.policy.migrate(self, candidate, now):
@@ -407,6 +446,8 @@ class BucketManager:
         for done, predicted in t.history:
             kind = "admission" if done == 0 else "inflight"
             self.quality.record(kind, predicted, length - done, self.prior.baseline(done, max_new))
+        if t.group_at_start is not None:
+            self.quality.record("group", t.group_at_start, length, self.prior.baseline(0, max_new))
         self.prior.observe(length)
         self.finished.append(t.sample)
 

@@ -28,28 +28,36 @@ def estimate_makespan(
 
     running[w]: remaining tokens of worker w's samples; queue: remaining tokens of waiting samples
     in admission order; slots[w]: worker w's decode slots; ready_at[w]: when w can start (default 0).
+    Each worker keeps its samples' end points on a common token axis (`offset`: tokens each of its
+    samples has decoded since the start), so an event costs O(log batch).
     """
-    queue = list(np.asarray(queue, dtype=float))[::-1]  # pop() from the end = admission order
-    rem = [np.asarray(r, dtype=float)[np.asarray(r) > 0] for r in running]
-    clock = list(ready_at) if ready_at is not None else [0.0] * len(running)
-    heap: list[tuple[float, int]] = []
+    pending = [max(float(q), 1.0) for q in np.asarray(queue, dtype=float)]
+    taken = 0
+    ends = [sorted(float(x) for x in r if x > 0) for r in running]  # sorted lists are heaps
+    offset = [0.0] * len(running)
+    clock = [float(x) for x in ready_at] if ready_at is not None else [0.0] * len(running)
+    events: list[tuple[float, int]] = []
     end = 0.0
 
     def fill(w: int) -> None:
-        free = slots[w] - len(rem[w])
-        if free > 0 and queue:
-            take = [queue.pop() for _ in range(min(free, len(queue)))]
-            rem[w] = np.concatenate([rem[w], np.maximum(take, 1.0)])
-        if len(rem[w]):
-            step = cost.step_time(len(rem[w]), int(len(rem[w]) * mean_context))
-            heapq.heappush(heap, (clock[w] + float(rem[w].min()) * step, w))
+        nonlocal taken
+        heap = ends[w]
+        while len(heap) < slots[w] and taken < len(pending):
+            heapq.heappush(heap, offset[w] + pending[taken])
+            taken += 1
+        if heap:
+            batch = len(heap)
+            step = cost.step_time(batch, int(batch * mean_context))
+            heapq.heappush(events, (clock[w] + (heap[0] - offset[w]) * step, w))
 
-    for w in sorted(range(len(rem)), key=lambda i: clock[i]):
+    for w in sorted(range(len(ends)), key=lambda i: clock[i]):
         fill(w)
-    while heap:
-        t, w = heapq.heappop(heap)
-        rem[w] = rem[w] - rem[w].min()
-        rem[w] = rem[w][rem[w] > 1e-9]
+    while events:
+        t, w = heapq.heappop(events)
+        heap = ends[w]
+        offset[w] = heap[0]
+        while heap and heap[0] <= offset[w] + 1e-9:
+            heapq.heappop(heap)
         clock[w] = t
         end = max(end, t)
         fill(w)

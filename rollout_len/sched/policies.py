@@ -12,11 +12,13 @@ returns three kinds of decision, which the manager carries out:
                    when submitted, and starts first-come-first-served (verl's default router + vLLM)
     static_padded  fcfs placement, padded static batches that run to their longest (HF generate)
     bucketed_padded  static batches formed from one bucket of predicted length (shared pool)
-    length_aware   shared pool; longest-predicted-first admission when the cost model says it pays
-                   and predictions have proven better than a constant; migration of running
+    length_aware   shared pool; the admission order (pool order, exact or bucketed longest-first) the
+                   cost model scores best on lengths drawn around trusted predictions; draining of
+                   the workers running the longest samples when that pays; migration of running
                    samples when predicted remaining work is unbalanced and the move pays for its
-                   re-prefill; otherwise the length-blind plan
-    oracle         length_aware fed the true lengths (from a recorded trace): the ceiling
+                   re-prefill. Untrusted sources never enter (SchedulerView.predicted_remaining)
+    oracle         length_aware fed exact lengths (from a recorded trace): the bound on what a perfect
+                   predictor could do through the same planner
 """
 
 from __future__ import annotations
@@ -106,9 +108,21 @@ class StaticPadded(FCFS):
         return list(w.queue)[: w.slots] if not w.running else []
 
 
-def longest_first(m: SchedulerView, ids) -> list[str]:
-    """Descending bucket of predicted remaining length; arrival order within a bucket."""
-    return sorted(ids, key=lambda sid: (-m.bucket(sid), m.samples[sid].arrival))
+def longest_first(m: SchedulerView, ids: list[str]) -> list[str]:
+    """Descending predicted remaining length (exact order); the given order among equals."""
+    rank = {sid: i for i, sid in enumerate(ids)}
+    return sorted(ids, key=lambda sid: (-m.predicted_remaining(sid), rank[sid]))
+
+
+def longest_bucket_first(m: SchedulerView, ids: list[str]) -> list[str]:
+    """Descending log2 bucket of predicted remaining length; the given order within a bucket
+    (robust to noise in the low bits of a prediction)."""
+    rank = {sid: i for i, sid in enumerate(ids)}
+    return sorted(ids, key=lambda sid: (-m.bucket(sid), rank[sid]))
+
+
+def trusts_any(m: SchedulerView) -> bool:
+    return any(m.trusted(kind) for kind in ("admission", "group", "inflight"))
 
 
 @register_policy("bucketed_padded")
@@ -118,7 +132,7 @@ class BucketedPadded(Policy):
     def admit(self, m, w, free):
         if w.running:
             return []
-        if not m.trusted("admission"):
+        if not trusts_any(m):
             return list(islice(m.pool, w.slots))
         # A padded batch runs to its longest: take neighbours in predicted length (finer than buckets).
         return sorted(m.pool, key=m.predicted_remaining, reverse=True)[: w.slots]
@@ -126,16 +140,23 @@ class BucketedPadded(Policy):
 
 @register_policy("length_aware")
 class LengthAware(Policy):
-    def __init__(self, replan_fraction: float = 0.1, min_gain: float = 0.05, max_moves_per_sample: int = 1):
+    drain_counts = (1, 2, 4)  # how many of the workers running the longest samples a plan may drain
+    plan_draws = 2  # length draws each plan is scored on
+    plan_margin = 0.0  # a plan must beat the pool order's estimate by this share to replace it
+
+    def __init__(self, replan_fraction: float = 0.2, min_gain: float = 0.05, max_moves_per_sample: int = 1):
         self.replan_fraction, self.min_gain, self.max_moves = replan_fraction, min_gain, max_moves_per_sample
         self._plan_pool_size: int | None = None
-        self._longest_first = False
         self._moves: dict[str, int] = {}
         self._order: list[str] = []
+        self._drained: set[int] = set()  # workers that take no more samples: their long ones run alone
         self.plans: list[dict] = []  # every plan comparison made, for the report
+        self._rng = np.random.default_rng(0)
 
     def _replan(self, m: SchedulerView) -> None:
-        """Compare the length-blind admission order with longest-first on the cost model."""
+        """Pick the admission order the cost model says ends soonest: the length-blind pool order
+        (always a candidate), exact longest-first, or longest-bucket-first. Predictions enter only
+        through sources that have beaten their baseline (SchedulerView.predicted_remaining)."""
         size = len(m.pool)
         if (
             self._plan_pool_size is not None
@@ -143,27 +164,78 @@ class LengthAware(Policy):
         ):
             return
         self._plan_pool_size = size
-        if not (m.trusted("admission") or m.trusted("inflight")) or size == 0:
-            self._longest_first = False
+        self._order, self._drained = [], set()
+        if not trusts_any(m) or size == 0:
             return
         alive = m.alive_workers()
-        running = [np.array([m.predicted_remaining(s) for s in w.running]) for w in alive]
         slots = [w.slots for w in alive]
-        fifo = list(m.pool)
-        lpt = longest_first(m, fifo)
         ctx = m.mean_context()
-        blind = estimate_makespan(running, np.array([m.predicted_remaining(s) for s in fifo]), slots, m.cost, ctx)
-        aware = estimate_makespan(running, np.array([m.predicted_remaining(s) for s in lpt]), slots, m.cost, ctx)
-        self._longest_first = aware < blind
-        self._order = lpt if self._longest_first else []
-        self.plans.append({"pool": size, "fifo_s": blind, "longest_first_s": aware})
+        fifo = list(m.pool)
+        candidates = {
+            "pool": fifo,
+            "longest_first": longest_first(m, fifo),
+            "longest_bucket_first": longest_bucket_first(m, fifo),
+        }
+        # Score each plan on lengths drawn around the predictions with their measured error (the
+        # same draw of a sample in every plan), not on the predictions themselves: a plan ordered by
+        # noisy predictions always looks best when judged by those same predictions.
+        wait_sd = m.log_error_sd("group" if m.trusted("group") else "admission")
+        run_sd = m.log_error_sd("inflight") if m.trusted("inflight") else 1.0
+        pred = {sid: m.predicted_remaining(sid) for sid in fifo}
+        draws = []
+        for _ in range(self.plan_draws if wait_sd > 0 or run_sd > 0 else 1):
+            z = dict(zip(fifo, np.exp(wait_sd * self._rng.standard_normal(len(fifo)))))
+            running = []
+            for w in alive:
+                r = np.array([m.predicted_remaining(s) for s in w.running])
+                running.append(r * np.exp(run_sd * self._rng.standard_normal(len(r))))
+            draws.append((z, running))
+
+        def score(order: list[str], capped: list[int]) -> float:
+            return float(
+                np.mean(
+                    [
+                        estimate_makespan(running, np.array([pred[s] * z[s] for s in order]), capped, m.cost, ctx)
+                        for z, running in draws
+                    ]
+                )
+            )
+
+        plan = {"pool_size": size}
+        for name, order in candidates.items():
+            plan[f"{name}_s"] = score(order, slots)
+        best = min(candidates, key=lambda name: (plan[f"{name}_s"], name != "pool"))
+        if plan[f"{best}_s"] > (1 - self.plan_margin) * plan["pool_s"]:
+            best = "pool"  # a gain within the estimate's noise is not worth leaving the blind plan for
+        # Drain the workers running the longest samples (they take no more), so those samples run at
+        # a small batch: pays where a decode step slows with the batch and the tail sets the step.
+        longest = [max((m.predicted_remaining(s) for s in w.running), default=0.0) for w in alive]
+        by_longest = sorted((i for i in range(len(alive)) if alive[i].running), key=lambda i: -longest[i])
+        drained, best_s = [], plan[f"{best}_s"]
+        for j in (j for j in self.drain_counts if j <= min(len(by_longest), len(alive) - 1)):
+            trial = by_longest[:j]
+            est = score(
+                candidates[best], [len(alive[i].running) if i in trial else slots[i] for i in range(len(alive))]
+            )
+            plan[f"drain_{j}_s"] = est
+            if est < best_s * (1 - self.min_gain / 5):
+                drained, best_s = trial, est
+        plan["chosen"], plan["drained"] = best, len(drained)
+        self.plans.append(plan)
+        self._order = candidates[best] if best != "pool" else []
+        self._drained = {alive[i].worker_id for i in drained}
 
     def admit(self, m, w, free):
         self._replan(m)
         picked = list(w.queue)[:free]
-        if self._longest_first:  # the plan's order, minus samples already taken
+        if w.worker_id in self._drained and w.running:
+            return picked
+        if self._order:  # the plan's order, minus samples already taken
             self._order = [sid for sid in self._order if sid in m.pool]
-            picked += self._order[: free - len(picked)]
+            # Deal, do not block: while other workers have free slots too (the first fill), take every
+            # k-th sample of the order, so the longest samples land on different workers (LPT dealing).
+            stride = sum(1 for o in m.alive_workers() if o.committed < o.slots and o.worker_id not in self._drained)
+            picked += self._order[:: max(stride, 1)][: free - len(picked)]
         else:
             picked += list(islice(m.pool, free - len(picked)))
         return picked

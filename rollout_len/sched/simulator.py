@@ -24,10 +24,10 @@ from rollout_len.sched.costmodel import CostModel
 from rollout_len.sched.driver import WorkerDied, drive
 from rollout_len.sched.messages import Orders, Progress, Report
 from rollout_len.sched.policies import make_policy
-from rollout_len.sched.predictions import PredictionQuality
+from rollout_len.sched.predictions import LengthPrior, PredictionQuality
 from rollout_len.sched.timeline import Timeline
 
-__all__ = ["load_trace", "SimWorker", "SimCluster", "SimResult", "simulate", "lower_bound_s"]
+__all__ = ["load_trace", "SimWorker", "SimCluster", "SimResult", "simulate", "floor_s"]
 
 
 def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
@@ -67,12 +67,16 @@ def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
     return groups, max_new_tokens
 
 
-def lower_bound_s(lengths: list[int], num_workers: int, slots: int, cost: CostModel, prompt_tokens: int) -> float:
-    """Physical limit: max(longest sample alone at batch 1, all tokens at full-batch throughput)."""
-    longest = max(lengths) * cost.step_time(1, prompt_tokens + max(lengths) // 2)
+def floor_s(lengths: list[int], num_workers: int, slots: int, cost: CostModel, prompt_tokens: int) -> float:
+    """The physical floor of a synchronous step, in seconds, from the cost model: the larger of
+    the longest sample alone (its prefill, then every token at batch 1) and all the work at full
+    throughput (every token at full batch, prompts prefilled `slots` at a time, spread evenly)."""
+    longest = max(lengths)
+    alone = cost.prefill_time(prompt_tokens) + longest * cost.step_time(1, prompt_tokens + longest // 2)
     mean_ctx = prompt_tokens + float(np.mean(lengths)) / 2
-    throughput = num_workers * slots / cost.step_time(slots, int(slots * mean_ctx))
-    return max(longest, sum(lengths) / throughput)
+    decode = sum(lengths) * cost.step_time(slots, int(slots * mean_ctx)) / slots
+    prefill = len(lengths) / slots * cost.prefill_time(slots * prompt_tokens)
+    return max(alone, (decode + prefill) / num_workers)
 
 
 class SimWorker:
@@ -86,7 +90,9 @@ class SimWorker:
         group_means: dict[str, float],
         sigma: float = 0.5,
         seed: int = 0,
+        predicts: bool = True,
     ):
+        self.predicts = predicts  # PLP runs (a length-blind policy does not pay for it)
         self.worker_id, self.cost, self.true, self.group_means, self.sigma = (
             worker_id,
             cost,
@@ -109,12 +115,15 @@ class SimWorker:
             sample = self.running.pop(sid)
             self._report_progress(sample, report)
             report.exported[sid] = None
+        # Prompts scored, then samples admitted, each as one batched prefill (as the engine runs them).
+        if orders.score:
+            duration += self.cost.prefill_time(sum(len(score.prompt_ids) for score in orders.score))
         for score in orders.score:
-            duration += self.cost.prefill_time(len(score.prompt_ids))
             report.scores[score.key] = (None, self._noisy(self.group_means[score.group_id]))
+        if orders.admit:
+            duration += self.cost.prefill_time(sum(adm.sample.num_tokens for adm in orders.admit))
         for adm in orders.admit:
             sample = adm.sample
-            duration += self.cost.prefill_time(sample.num_tokens)
             self.running[sample.sample_id] = sample
             self.reported[sample.sample_id] = sample.num_output
         steps = 0
@@ -156,7 +165,8 @@ class SimWorker:
                 break
         for sid, s in self.running.items():
             if sid not in self.padding:
-                self._report_progress(s, report, predicted=self._noisy(self.true[sid] - s.num_output))
+                predicted = self._noisy(self.true[sid] - s.num_output) if self.predicts else None
+                self._report_progress(s, report, predicted=predicted)
         report.steps, report.busy_s = steps, duration
         return report, duration
 
@@ -225,10 +235,20 @@ def simulate(
     predictions: str = "model",
     sigma: float = 0.5,
     quality: PredictionQuality | None = None,
+    prior: LengthPrior | None = None,
     deaths: dict[int, float] | None = None,
     seed: int = 0,
+    oracle_lengths: str = "exact",
 ) -> SimResult:
-    """One GRPO step of len(groups) prompts x len(group) samples on simulated workers."""
+    """One GRPO step of len(groups) prompts x len(group) samples on simulated workers.
+
+    quality, prior: the predictor-quality window and the survival prior, carried across steps
+    (fresh ones when None).
+    oracle_lengths: what the `oracle` source knows: "exact" (each sample's true length, the bound
+    on any predictor) or "prompt" (its prompt's mean length, the bound on predicting from the
+    prompt alone)."""
+    if oracle_lengths not in ("exact", "prompt"):
+        raise ValueError(f"oracle_lengths must be 'exact' or 'prompt', got {oracle_lengths!r}")
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if not groups or any(not g for g in groups):
@@ -250,18 +270,21 @@ def simulate(
             samples.append(
                 Sample(sid, [0] * prompt_tokens, SamplingParams(max_new_tokens=cap), seed=seed, group_id=gid)
             )
+    known = true if oracle_lengths == "exact" else {sid: round(means[sid.rsplit("-", 1)[0]]) for sid in true}
     manager = BucketManager(
         make_policy(policy),
         num_workers,
         slots,
         cost,
         quality=quality,
+        prior=prior,
         predictions=predictions,
-        true_lengths=true,
+        true_lengths=known,
         seed=seed,
     )
     manager.submit(samples)
-    workers = [SimWorker(w, cost, true, means, sigma, seed) for w in range(num_workers)]
+    predicts = manager.policy.uses_predictions and manager.predictions != "oracle"
+    workers = [SimWorker(w, cost, true, means, sigma, seed, predicts) for w in range(num_workers)]
     timeline = drive(manager, SimCluster(workers, deaths), every)
     return SimResult(
         policy,

@@ -82,6 +82,10 @@ class SchedulerView(Protocol):
         """Have predictions of this kind ("admission" or "inflight") beaten the constant?"""
         ...
 
+    def log_error_sd(self, kind: str) -> float:
+        """Measured spread of log(true / predicted) for this kind (0 for true lengths)."""
+        ...
+
     def finish_estimate(self, sample_ids: list[str]) -> float:
         """Seconds for one worker to finish these samples at the cost model's speed (no admissions)."""
         ...

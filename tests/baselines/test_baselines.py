@@ -17,7 +17,7 @@ def _run(name, data):
 @pytest.mark.parametrize("name, ratio", [("ssjf_reg", 0.3), ("ssjf_mc", 0.6), ("s3", 0.6), ("ltr_c", 0.3)])
 def test_proxy_heads_learn_the_prompt_signal(synthetic, name, ratio):
     data = synthetic()
-    constant, result = _run("constant", data), _run(name, data)
+    constant, result = _run("constant", data)["admission"], _run(name, data)["admission"]
     assert result["n"] == len(data.samples(TEST))
     assert result["mae"] < ratio * constant["mae"]
     assert result["kendall_tau"] > 0.6
@@ -25,21 +25,22 @@ def test_proxy_heads_learn_the_prompt_signal(synthetic, name, ratio):
 
 def test_trail_picks_the_informative_layer_and_refines(synthetic):
     data = synthetic()
-    constant, trail = _run("constant", data), _run("trail", data)
+    constant, survival, trail = _run("constant", data), _run("survival", data), _run("trail", data)
     assert trail["selected"]["layer"] == 1  # layer 2 holds only noise
     assert trail["selected"]["refine"] in ("bayes", "latest")
-    assert trail["mae"] < 0.5 * constant["mae"]
-    assert trail["checkpoints"]["mae"] < 0.6 * constant["checkpoints"]["mae"]
+    assert trail["admission"]["mae"] < 0.5 * constant["admission"]["mae"]
+    assert trail["in_flight"]["mae"] < 0.6 * survival["in_flight"]["mae"]
     assert set(trail["by_t"]) == set(data.ckpt_t[data.checkpoints(TEST)].tolist())
 
 
 def test_tpv_reads_progress_and_falls_back_at_t0(synthetic):
     data = synthetic()
-    constant, tpv = _run("constant", data), _run("tpv", data)
-    assert tpv["mae"] == pytest.approx(constant["mae"])  # t = 0: nothing generated, the train median
+    constant, survival, tpv = _run("constant", data), _run("survival", data), _run("tpv", data)
+    # t = 0: nothing generated, the train median
+    assert tpv["admission"]["mae"] == pytest.approx(constant["admission"]["mae"])
     later = [t for t in tpv["by_t"] if t >= 64]
     for t in later:
-        assert tpv["by_t"][t]["mae"] < 0.3 * constant["by_t"][t]["mae"]
+        assert tpv["by_t"][t]["mae"] < 0.3 * survival["by_t"][t]["mae"]
 
 
 def _hand_data(lengths, prompts, split, every=10, budget=100):
@@ -64,19 +65,29 @@ def _hand_data(lengths, prompts, split, every=10, budget=100):
     return ForeLenData(card, tensors)
 
 
-def test_constant_history_and_siblings_by_hand():
+def _hand_rl(budget=100):
     # prompt 0 (train): 10, 30, 50; prompt 1 (val): 40, 40, 40; prompt 2 (test): 5, 25, 90
-    data = _hand_data([10, 30, 50, 40, 40, 40, 5, 25, 90], [0, 0, 0, 1, 1, 1, 2, 2, 2], [TRAIN, 1, TEST])
+    lengths, prompts = [10, 30, 50, 40, 40, 40, 5, 25, 90], [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    return _hand_data(lengths, prompts, [TRAIN, 1, TEST], budget=budget)
+
+
+def test_constant_survival_history_and_siblings_by_hand():
+    data = _hand_rl()
     constant = BASELINES["constant"]()
     constant.fit(data)
     assert constant.predict(data, TEST).tolist() == [30.0] * 3
+    assert not constant.progressive  # admission time only
     idx = data.checkpoints(TEST)
     steps = data.ckpt_t[idx]
-    left = constant.predict_remaining(data, TEST)
-    # Train samples running at t = 20: 30 and 50 -> remaining 10 and 30, median (lower) 10.
-    assert left[steps == 20].tolist() == [10.0, 10.0]
-    # t = 60 is past every train sample: median 30 - 60 < 1 -> 1.
-    assert left[steps == 60].tolist() == [1.0]
+    survival = BASELINES["survival"]()
+    survival.fit(data)
+    left = survival.predict_remaining(data, TEST)
+    # t = 0: every train sample ran past it, the median length (constant's 30).
+    assert left[steps == 0].tolist() == [30.0] * 3
+    # Train samples that ran past t = 20: 30 and 50 -> remaining 10 and 30, median 20.
+    assert left[steps == 20].tolist() == [20.0, 20.0]
+    # t = 60 is past every train sample: half of the budget left, (100 - 60) / 2.
+    assert left[steps == 60].tolist() == [20.0]
 
     history = BASELINES["history"]()
     history.fit(data)
@@ -91,26 +102,74 @@ def test_constant_history_and_siblings_by_hand():
     # length (5) is below t, so the estimate of their remaining length collapses to 1 token.
     some_finished = steps >= 10
     assert pred[some_finished].tolist() == [1.0] * int(some_finished.sum())
-    # Until then nothing has finished: the constant's remaining length.
+    # Until then nothing has finished: the survival estimate (at t = 0, the train median).
     assert pred[~some_finished].tolist() == left[~some_finished].tolist() == [30.0] * 3
     assert samples[~some_finished].tolist() == [6, 7, 8]
 
 
+def test_survival_and_survival_group_scores_by_hand():
+    # Budget 90: the test sample of length 90 is capped.
+    data = _hand_rl(budget=90)
+    idx = data.checkpoints(TEST)
+    samples, steps = data.ckpt_sample[idx].tolist(), data.ckpt_t[idx].tolist()
+    group = BASELINES["survival_group"]()
+    group.fit(data)
+    pred = dict(zip(zip(samples, steps), group.predict_remaining(data, TEST).tolist()))
+    # Sample 6 (length 5) at t = 0: its siblings 25 and 90 ran past 0 -> median of 25, 90.
+    assert pred[6, 0] == 57.5
+    # Sample 7 (25): siblings 5, 90 at t = 0; from t = 10 only 90 ran past t.
+    assert [pred[7, t] for t in (0, 10, 20)] == [47.5, 80.0, 70.0]
+    # Sample 8 (90): siblings 5, 25 until t = 20; then none, so `survival`: train 50 -> 50 - t at
+    # t = 30, 40; past every train sample, half the budget left (90 - t) / 2.
+    assert [pred[8, t] for t in range(0, 90, 10)] == [15.0, 15.0, 5.0, 20.0, 10.0, 20.0, 15.0, 10.0, 5.0]
+
+    result = _run("survival", data)
+    assert "admission" not in result  # at t = 0 it is `constant`
+    # t = 20: samples 7 and 8 run (remaining 5 and 70), survival says median(30 - 20, 50 - 20) = 20.
+    at20 = {k: v for k, v in result["by_t"][20].items() if k != "kendall_tau"}  # tau: a tie, NaN
+    assert at20 == pytest.approx(
+        {
+            "mae": 32.5,
+            "rmse": (0.5 * (15**2 + 50**2)) ** 0.5,
+            "acc50": 1.0,
+            "acc100": 1.0,
+            "n": 2,
+            "capped_fraction": 0.5,
+        }
+    )
+    # In flight: samples 7 (t = 10, 20) and 8 (t = 10 .. 80), ten checkpoints, eight of the capped one.
+    # Errors: 15, 15 (sample 7); 50, 50, 40, 40, 20, 15, 10, 5 (sample 8): 260 / 10.
+    flight = result["in_flight"]
+    assert (flight["mae"], flight["n"], flight["samples"]) == (26.0, 10, 2)
+    assert flight["capped_fraction"] == pytest.approx(0.8)
+    constant = _run("constant", data)
+    assert "by_t" not in constant
+    # Test lengths 5, 25, 90 against the train median 30; one of three capped.
+    assert constant["admission"]["mae"] == 30.0 and constant["admission"]["capped_fraction"] == pytest.approx(1 / 3)
+
+
 def test_rl_native_methods_need_groups(synthetic, tiny_rl):
     data = synthetic(n=1)
-    for name in ("history", "siblings"):
+    for name in ("history", "siblings", "survival_group"):
         assert "n=1" in _run(name, data)["skipped"]
+    constant, survival = _run("constant", data), _run("survival", data)
     results = {
         "synthetic": {
             "_card": {"lengths": {"mean": 1.0, "capped_fraction": 0.0}},
             "_layer": 2,
-            "constant": _run("constant", data),
+            "constant": constant,
+            "survival": survival,
             "history": _run("history", data),
         }
     }
-    table = format_table(results)
-    assert "history   n/a: history needs several samples per prompt" in table
-    assert "remaining-length MAE" in table
+    table = format_table(results).splitlines()
+    assert "  history        n/a: history needs several samples per prompt; this dataset has n=1" in table
+    a, f = constant["admission"], survival["in_flight"]
+    row = next(line for line in table if line.startswith("  constant "))
+    assert row.split()[1:3] == [f"{a['mae']:.1f}", "0%"] and row.split()[-3:] == ["-", "-", "-"]
+    row = next(line for line in table if line.startswith("  survival "))
+    assert row.split()[1] == "-" and row.split()[-3:] == [f"{f['mae']:.1f}", "0%", str(f["n"])]
+    assert any(line.startswith("  remaining-length MAE at decode step t") for line in table)
 
 
 def test_shift_down_moves_mass_toward_shorter_remaining():
@@ -151,7 +210,7 @@ def test_pia_parses_and_calibrates(synthetic, monkeypatch):
     assert result["selected"]["scale"] == "train median ratio"
     assert result["selected"]["tokens_per_stated"] == pytest.approx(2.0, rel=0.05)
     assert result["selected"]["parsed_fraction_test"] == sum(p not in silent for p in test_prompts) / len(test_prompts)
-    assert result["mae"] < 0.5 * _run("constant", data)["mae"]
+    assert result["admission"]["mae"] < 0.5 * _run("constant", data)["admission"]["mae"]
 
 
 def test_bad_prompts_file_is_a_clear_error(tiny_rl, tmp_path):

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from rollout_len.baselines import BASELINES
 from rollout_len.cli import main
@@ -10,7 +11,8 @@ from rollout_len.forelen.attribution import attribution
 from rollout_len.forelen.evaluate import METHODS
 from rollout_len.model import load_policy
 
-PROGRESSIVE = {"constant", "plp", "trail", "tpv", "siblings"}
+PROGRESSIVE = {"survival", "survival_group", "plp", "trail", "tpv", "siblings"}
+IN_FLIGHT_ONLY = {"survival", "survival_group"}  # at t = 0 they are `constant`
 
 
 def test_eval_all_runs_every_method_end_to_end(tiny_rl, tmp_path, capsys):
@@ -35,19 +37,36 @@ def test_eval_all_runs_every_method_end_to_end(tiny_rl, tmp_path, capsys):
     )
     rows = json.loads(out.read_text())["rl"]
     assert list(rows) == list(METHODS)
-    prompts = [json.loads(line) for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]
-    test_samples = 8 * sum(p["split"] == "test" for p in prompts)
+    card = json.loads((tiny_rl / "card.json").read_text())
+    budget = card["sampling"]["max_new_tokens"]
+    test = [p["split"] == "test" for p in (json.loads(x) for x in (tiny_rl / "prompts.jsonl").read_text().splitlines())]
+    sample_test = torch.tensor(test).repeat_interleave(8)
+    tensors = load_file(str(tiny_rl / "data.safetensors"))
+    lengths = tensors["sample/length"][sample_test]
+    capped = float(tensors["sample/capped"][sample_test].float().mean())
     for method, m in rows.items():
-        assert m["n"] == test_samples, method
-        assert 0 <= m["mae"] <= 48 and m["rmse"] >= m["mae"], method  # quick builds stop at 48 tokens
-        assert ("by_t" in m) == (method in PROGRESSIVE), method
-    for method in PROGRESSIVE:
-        assert rows[method]["by_t"]["0"]["mae"] == pytest.approx(rows[method]["mae"], abs=1e-4), method
-    assert rows["siblings"]["mae"] == rows["constant"]["mae"] == rows["tpv"]["mae"]  # all the train median at t = 0
+        assert ("admission" in m) == (method not in IN_FLIGHT_ONLY), method
+        assert ("by_t" in m) == ("in_flight" in m) == (method in PROGRESSIVE), method
+        if "admission" in m:
+            a = m["admission"]
+            assert a["n"] == len(lengths) and a["capped_fraction"] == pytest.approx(capped), method
+            assert 0 <= a["mae"] <= budget and a["rmse"] >= a["mae"], method
+        if "in_flight" in m:
+            running = sum(len(range(0, int(n), card["every"])) - 1 for n in lengths)  # checkpoints at t > 0
+            flight = m["in_flight"]
+            assert flight["n"] == running and flight["samples"] == int((lengths > card["every"]).sum()), method
+            assert m["by_t"]["0"]["n"] == len(lengths), method
+    for method in PROGRESSIVE - IN_FLIGHT_ONLY:
+        assert rows[method]["by_t"]["0"]["mae"] == pytest.approx(rows[method]["admission"]["mae"], abs=1e-4), method
+    # At t = 0 siblings, tpv and survival are all the train median, as constant.
+    at_start = [rows[m]["admission"]["mae"] for m in ("constant", "siblings", "tpv")] + [
+        rows["survival"]["by_t"]["0"]["mae"]
+    ]
+    assert at_start == pytest.approx([at_start[0]] * 4)
     assert rows["trail"]["selected"]["layer"] == 1 and "parsed_fraction_test" in rows["pia"]["selected"]
     printed = capsys.readouterr().out
     for method in METHODS:
-        assert f"\n  {method:9s} " in printed
+        assert f"\n  {method:14s} " in printed
     assert "remaining-length MAE at decode step t" in printed
 
 

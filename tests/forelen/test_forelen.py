@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import mixed_prompts, tiny
@@ -7,8 +8,9 @@ from safetensors.torch import load_file
 
 from rollout_len.engine import DecodeEngine, EngineConfig
 from rollout_len.forelen.build import _generate, build, split_prompts
-from rollout_len.forelen.dataset import load_dataset
-from rollout_len.forelen.evaluate import METHODS, evaluate_methods, plp_curve
+from rollout_len.forelen.dataset import load_dataset, save_dataset
+from rollout_len.forelen.evaluate import METHODS, evaluate_methods, format_table, plp_curve
+from rollout_len.forelen.scenarios import QUICK_GSM8K_INSTRUCTION, SCENARIOS, scenario_prompts
 from rollout_len.predictor.plp import checkpoint_steps
 from rollout_len.predictor.pooling import pool
 from rollout_len.sample import Sample, SamplingParams
@@ -25,6 +27,7 @@ def test_build_writes_a_consistent_dataset(tiny_rl):
     card = json.loads((tiny_rl / "card.json").read_text())
     t = load_file(str(tiny_rl / "data.safetensors"))
     assert card["counts"]["samples"] == 64 and card["sampling"]["n"] == 8
+    assert card["sampling"]["max_new_tokens"] == SCENARIOS["rl"].quick_max_new_tokens == 128
     lengths = t["sample/length"]
     assert lengths.shape == (64,) and int(lengths.max()) <= card["sampling"]["max_new_tokens"]
     assert card["lengths"]["capped_fraction"] == pytest.approx(t["sample/capped"].float().mean().item())
@@ -74,13 +77,62 @@ def test_checkpoints_pool_the_decode_taps_before_t(every):
             torch.testing.assert_close(pooled.float(), expected, atol=2e-3, rtol=2e-3)
 
 
+def test_quick_prompts_ask_for_short_answers():
+    quick, full = scenario_prompts("rl", 3, quick=True), scenario_prompts("rl", 3)
+    assert all(q.endswith(QUICK_GSM8K_INSTRUCTION) for q in quick)
+    assert [q.rsplit("\n", 1)[0] for q in quick] == [f.rsplit("\n", 1)[0] for f in full]  # same problems
+    assert all(
+        "in one sentence" in p or "two sentences" in p or "50 words" in p or "briefly" in p
+        for p in scenario_prompts("longseq", 20, quick=True)
+    )
+
+
 def test_eval_reports_every_method(tiny_rl):
     results = evaluate_methods([str(tiny_rl)], list(METHODS))
     rows = results["rl"]
     for method in METHODS:
-        assert rows[method]["n"] > 0 and torch.isfinite(torch.tensor(rows[method]["mae"]))
+        scores = [rows[method][k] for k in ("admission", "in_flight") if k in rows[method]]
+        assert scores and all(m["n"] > 0 and torch.isfinite(torch.tensor(m["mae"])) for m in scores), method
     curve = plp_curve(str(tiny_rl))
-    assert 0 in curve and all(m["n"] > 0 for m in curve.values())
+    assert 0 in curve
+    for t, row in curve.items():
+        assert set(row) == {"plp", "survival", "survival_group"}
+        assert row["plp"]["n"] == row["survival"]["n"] == row["survival_group"]["n"] > 0
+        assert row["survival"]["mae"] == pytest.approx(rows["survival"]["by_t"][t]["mae"])
+
+
+def test_plp_curve_survival_matches_a_direct_count(tiny_rl):
+    """survival's MAE at each t, recomputed from the built lengths alone: train samples with L > t give
+    median(L - t) (half the budget left when none), clipped to [1, budget left], scored on the test
+    samples still running at t."""
+    card, t = load_dataset(tiny_rl)
+    budget, every = card["sampling"]["max_new_tokens"], card["every"]
+    lengths = t["sample/length"].double()
+    split = t["prompt/split"][t["sample/prompt"]]
+    train, test = lengths[split == 0], lengths[split == 2]
+    curve = plp_curve(str(tiny_rl))
+    for step in range(0, int(test.max()), every):
+        past = (train[train > step] - step).numpy()
+        guess = float(np.clip(np.median(past) if len(past) else (budget - step) / 2, 1, budget - step))
+        running = test[test > step] - step
+        entry = curve[step]["survival"]
+        assert entry["n"] == len(running)
+        assert entry["mae"] == pytest.approx(float((running - guess).abs().mean()))
+        capped = t["sample/capped"][split == 2][test > step].float().mean()
+        assert entry["capped_fraction"] == pytest.approx(float(capped))
+
+
+def test_a_method_that_cannot_be_fit_is_skipped_with_its_reason(tiny_rl, tmp_path):
+    card, t = load_dataset(tiny_rl)
+    t = dict(t)
+    t["sample/length"] = torch.full_like(t["sample/length"], 20)  # one length: no bins can be formed
+    prompts = [json.loads(line)["prompt"] for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]
+    save_dataset(tmp_path, card, t, prompts, t["prompt/split"].numpy())
+    results = evaluate_methods([str(tmp_path)], ["constant", "egtp"])
+    rows = results["rl"]
+    assert rows["constant"]["admission"]["mae"] == 0.0
+    assert rows["egtp"]["skipped"].startswith("cannot be fit on this dataset: lengths are (nearly) all equal")
+    assert "  egtp           n/a: cannot be fit on this dataset" in format_table(results)
 
 
 def test_splits_are_by_prompt_and_cover_all():
@@ -107,12 +159,25 @@ def test_cli_eval_curve_and_plots(tiny_rl, tmp_path, capsys):
     from rollout_len.cli import main
 
     out = tmp_path / "eval.json"
-    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "egtp,plp", "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())["rl"]) == {"egtp", "plp"}
-    assert "egtp" in capsys.readouterr().out
+    methods = "constant,survival,egtp,plp"
+    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", methods, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rl"]
+    assert list(rows) == methods.split(",")
+    assert set(rows["constant"]) == {"admission"} and set(rows["survival"]) == {"in_flight", "by_t"}
+    assert set(rows["plp"]) == {"admission", "in_flight", "by_t"}
+    for m in (rows["constant"]["admission"], rows["survival"]["in_flight"], rows["plp"]["by_t"]["8"]):
+        assert {"mae", "n", "capped_fraction"} <= set(m)
+    assert "averaged" in rows["survival"]["in_flight"]
+    printed = capsys.readouterr().out
+    assert "  survival " in printed and "MAE t>0" in printed and "capped" in printed
     curve, png = tmp_path / "curve.json", tmp_path / "curve.png"
     assert main(["forelen", "plp-curve", "--data", str(tiny_rl), "--json", str(curve), "--png", str(png)]) == 0
-    assert "0" in json.loads(curve.read_text()) and png.stat().st_size > 1000
+    saved = json.loads(curve.read_text())
+    assert "0" in saved and png.stat().st_size > 1000
+    for row in saved.values():
+        assert {"plp", "survival"} <= set(row)
+        assert all({"mae", "n", "capped_fraction"} <= set(m) for m in row.values())
+    assert saved["8"]["survival"]["mae"] == pytest.approx(rows["survival"]["by_t"]["8"]["mae"])
     lengths_png = tmp_path / "lengths.png"
     assert main(["forelen", "plots", "--data", str(tiny_rl), "--png", str(lengths_png)]) == 0
     assert lengths_png.stat().st_size > 1000

@@ -220,3 +220,90 @@ def test_a_small_pool_is_spread_evenly_in_one_round():
     m = BucketManager(make_policy("pool"), 2, 4, CPU)
     m.submit([Sample(f"s{i}", [1, 2, 3], SamplingParams(max_new_tokens=64)) for i in range(4)])
     assert [len(m.orders_for(w, 16).admit) for w in range(2)] == [2, 2]
+
+
+def test_admission_trust_is_ranking_against_no_information():
+    """t = 0 predictions only order samples: the group mean ranks well (trusted) even where the
+    median wins on MAE (heavy tails); uniform noise ranks nothing (not trusted)."""
+    rng = np.random.default_rng(1)
+    ranked, noise = PredictionQuality(), PredictionQuality()
+    for _ in range(200):
+        mean = float(np.exp(rng.normal(np.log(100), 1.0)))
+        for L in np.ceil(mean * np.exp(0.8 * rng.standard_normal(4))):
+            ranked.record("admission", mean, float(L), baseline=100.0)
+            noise.record("admission", float(rng.uniform(1, 512)), float(L), baseline=100.0)
+    assert ranked.rank_corr("admission") > 0.5 and ranked.trusted("admission")
+    assert abs(noise.rank_corr("admission")) < 0.1 and not noise.trusted("admission")
+    assert ranked.log_error_sd("admission") == pytest.approx(0.8, abs=0.1)
+
+
+def test_spearman_matches_a_hand_computed_value():
+    from rollout_len.sched.predictions import _spearman
+
+    # ranks (1, 2, 3, 4) vs (1, 3, 2, 4): 1 - 6 * (0 + 1 + 1 + 0) / (4 * 15) = 0.8
+    assert _spearman(np.array([1.0, 2, 3, 4]), np.array([10.0, 30, 20, 40])) == pytest.approx(0.8)
+    assert np.isnan(_spearman(np.array([1.0, 1, 1]), np.array([1.0, 2, 3])))
+
+
+def test_the_survival_prior_keeps_its_window_sorted():
+    from rollout_len.sched.predictions import LengthPrior
+
+    prior = LengthPrior(window=3)
+    for L in (50, 10, 30, 20):  # 50 leaves the window
+        prior.observe(L)
+    assert prior.expected_remaining(0, 100) == 20.0  # median of (10, 30, 20)
+    assert prior.expected_remaining(15, 100) == 10.0  # median of (30, 20) - 15
+    assert prior.expected_remaining(40, 100) == 30.0  # nothing ran past 40: half the budget left
+
+
+def test_floor_counts_the_longest_alone_and_all_the_work():
+    from rollout_len.sched.simulator import floor_s
+
+    cost = CostModel(step_base_s=0.1, per_seq_s=0.01, prefill_base_s=0.5, prefill_per_token_s=0.001)
+    # The longest sample alone: prefill of 10 tokens, then 100 steps at batch 1.
+    assert floor_s([100, 1, 1, 1], 4, 4, cost, 10) == pytest.approx(0.5 + 0.01 + 100 * 0.11)
+    # All the work: 400 tokens at batch 4 (0.14 s a step), 4 prompts prefilled at once, on 1 worker.
+    assert floor_s([100] * 4, 1, 4, cost, 10) == pytest.approx(100 * 0.14 + (0.5 + 0.04))
+
+
+def test_the_exact_oracle_reaches_the_floor_where_ordering_can():
+    """One long sample among short ones on 2 workers x 4 slots: exact longest-first starts it at
+    once; the length-blind pool may start it last."""
+    groups = [[40] * 4 for _ in range(7)] + [[40, 40, 40, 400]]
+    pool = simulate("pool", groups, 2, 4, CPU, max_new_tokens=400)
+    oracle = simulate("oracle", groups, 2, 4, CPU, max_new_tokens=400)
+    from rollout_len.sched.simulator import floor_s
+
+    floor = floor_s([x for g in groups for x in g], 2, 4, CPU, 128)
+    assert oracle.step_time_s <= 1.1 * floor < pool.step_time_s
+
+
+def test_longest_first_deals_the_longest_samples_across_workers():
+    """On the first fill, exact longest-first deals: the first worker takes ranks 1, 5, 9 and 13,
+    not the 4 longest (32 samples on 4 x 4 slots: the order matters)."""
+    from rollout_len.sample import Sample, SamplingParams
+
+    lengths = {f"s{i}": 10 * (i + 1) for i in range(32)}
+    m = BucketManager(make_policy("oracle"), 4, 4, CPU, true_lengths=lengths)
+    m.submit([Sample(sid, [1, 2], SamplingParams(max_new_tokens=400)) for sid in lengths])
+    assert [lengths[a.sample.sample_id] for a in m.orders_for(0, 8).admit] == [320, 280, 240, 200]
+
+
+def test_the_prompt_oracle_knows_only_each_prompt_mean():
+    groups = [[10, 30], [100, 300]]
+    r = simulate("oracle", groups, 1, 1, CPU, max_new_tokens=400, oracle_lengths="prompt")
+    assert r.step_time_s == pytest.approx(simulate("oracle", groups, 1, 1, CPU, max_new_tokens=400).step_time_s)
+    with pytest.raises(ValueError, match="oracle_lengths"):
+        simulate("oracle", groups, 1, 1, CPU, oracle_lengths="median")
+
+
+def test_synthetic_traces_are_long_tailed_and_say_so():
+    from rollout_len.bench.lengths import length_stats
+    from rollout_len.bench.traces import synthetic_trace
+
+    for name in ("reasoning", "short", "mix"):
+        groups, cap = synthetic_trace(name, 256, 8, seed=0)
+        stats = length_stats(groups, cap)
+        assert stats["p90_over_median"] >= 2.5 and stats["capped_fraction"] <= 0.05, (name, stats)
+    with pytest.raises(ValueError, match="unknown synthetic trace"):
+        synthetic_trace("long", 4, 4)

@@ -1,0 +1,286 @@
+"""`rollout-len bench lengths`: the response-length distribution of a task, sampled with the policy.
+
+    rollout-len bench lengths --task arith-mix --prompts 16 --n 8 --max-new-tokens 256 --json OUT
+
+A workload study for the GRPO demo and the scheduler: n samples of each of P prompts of a named task
+through the project's DecodeEngine, then the figures that decide whether the workload has a
+scheduling problem (capped fraction, median, p90, p90 / median, spread of the per-prompt medians)
+and whether GRPO can learn on it (solve rate, share of groups whose rewards differ). The JSON is
+also a length trace that `rollout_len.sched.simulator.load_trace` reads: `{"groups": [[len, ...],
+...], "max_new_tokens": N, ...}`.
+
+Lengths count generated tokens, the stop token included (as `Sample.num_output`); a length equal
+to max_new_tokens counts as capped.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from rollout_len.bench import write_json
+
+__all__ = ["TASKS", "TaskPrompt", "answer_correct", "length_stats", "run", "task_prompts"]
+
+SHORT_INSTRUCTION = "Answer with the final number only."
+STEP_INSTRUCTION = "Think step by step, then give the final answer after '####'."
+EXPLAIN_INSTRUCTION = "Explain your steps briefly, then give the answer."
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    prompt: str  # the user message
+    answer: str | None  # the exact answer as a number in text; None when the task has none to check
+
+
+def _gsm8k(count: int, seed: int, instructions: tuple[str, ...]) -> list[TaskPrompt]:
+    """The first `count` GSM8K test problems; prompt i carries instructions[i % len(instructions)]."""
+    from rollout_len.data import gsm8k_prompts
+
+    rows = gsm8k_prompts(limit=count)
+    return [
+        TaskPrompt(
+            f"{row['question']}\n{instructions[i % len(instructions)]}",
+            row["answer"].split("####")[-1].strip().replace(",", ""),
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+_NAMES = ("Tom", "Ana", "Li", "Sam", "Maya", "Omar", "Zoe", "Ben")
+_ITEMS = ("apples", "books", "coins", "stickers", "marbles", "pencils", "cards", "shells")
+
+
+def _arith_problem(rng: random.Random, level: int) -> tuple[str, int]:
+    """One arithmetic question of difficulty `level` (0..3) and its exact answer.
+
+    Level 0: one-digit sum; 1: two-digit sum or difference; 2: two-digit by one-digit product;
+    3: a two-step word problem (buy then give away) with two-digit numbers.
+    """
+    if level == 0:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        return f"What is {a} + {b}?", a + b
+    if level == 1:
+        a, b = rng.randint(11, 99), rng.randint(11, 99)
+        if rng.random() < 0.5:
+            return f"What is {a} + {b}?", a + b
+        a, b = max(a, b), min(a, b)
+        return f"What is {a} - {b}?", a - b
+    if level == 2:
+        a, b = rng.randint(11, 49), rng.randint(2, 9)
+        return f"What is {a} * {b}?", a * b
+    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(10, 60), rng.randint(5, 40)
+    c = rng.randint(2, a + b - 1)
+    question = (
+        f"{name} has {a} {item}. {name} buys {b} more and then gives away {c}. How many {item} does {name} have now?"
+    )
+    return question, a + b - c
+
+
+def _arith(count: int, seed: int, instructions: tuple[str, ...]) -> list[TaskPrompt]:
+    """Synthetic arithmetic, difficulty cycling 0, 1, 2, 3 over the prompts; numbers drawn from `seed`.
+
+    Prompt i carries instructions[(i // 4) % len(instructions)] (every difficulty meets every
+    instruction), or none when `instructions` is empty.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        question, answer = _arith_problem(rng, i % 4)
+        instruction = instructions[(i // 4) % len(instructions)] if instructions else ""
+        out.append(TaskPrompt(f"{question}\n{instruction}".strip(), str(answer)))
+    return out
+
+
+# name -> (prompts(count, seed), one line for --help)
+TASKS: dict[str, tuple[Callable[[int, int], list[TaskPrompt]], str]] = {
+    "gsm8k": (lambda c, s: _gsm8k(c, s, (STEP_INSTRUCTION,)), "GSM8K, think step by step (the demo's prompt)"),
+    "gsm8k-short": (lambda c, s: _gsm8k(c, s, (SHORT_INSTRUCTION,)), "GSM8K, the final number only"),
+    "gsm8k-mix": (
+        lambda c, s: _gsm8k(c, s, (SHORT_INSTRUCTION, STEP_INSTRUCTION)),
+        "GSM8K, number-only and step-by-step prompts alternating",
+    ),
+    "arith": (lambda c, s: _arith(c, s, ()), "synthetic arithmetic of 4 difficulties, no instruction"),
+    "arith-explain": (
+        lambda c, s: _arith(c, s, (EXPLAIN_INSTRUCTION,)),
+        "synthetic arithmetic, explain the steps briefly",
+    ),
+    "arith-mix": (
+        lambda c, s: _arith(c, s, (SHORT_INSTRUCTION, EXPLAIN_INSTRUCTION)),
+        "synthetic arithmetic, number-only and explain-your-steps prompts",
+    ),
+}
+
+
+def task_prompts(task: str, count: int, seed: int = 0) -> list[TaskPrompt]:
+    """The first `count` prompts of a named task (TASKS). Raises ValueError naming --task or --prompts."""
+    if task not in TASKS:
+        raise ValueError(f"--task: unknown task {task!r}; valid: {sorted(TASKS)}")
+    if count < 1:
+        raise ValueError(f"--prompts must be >= 1, got {count}")
+    prompts = TASKS[task][0](count, seed)
+    if len(prompts) < count:
+        raise ValueError(f"--prompts: task {task!r} has only {len(prompts)} prompts, asked for {count}")
+    return prompts
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def answer_correct(text: str, answer: str) -> bool:
+    """Whether the last number in `text` equals `answer` (commas dropped; "18." and "18.0" read as 18).
+
+    Looser than verl's GSM8K `flexible` checker, which compares strings and so rejects "18." at the end
+    of a sentence.
+    """
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return False
+    try:
+        return float(numbers[-1].replace(",", "")) == float(answer)
+    except ValueError:
+        return False
+
+
+def length_stats(groups: list[list[int]], max_new_tokens: int) -> dict:
+    """Figures of response lengths (tokens) grouped by prompt.
+
+    Percentiles interpolate linearly between order statistics (numpy's default). `capped_fraction`
+    counts lengths >= max_new_tokens. `group_median_min/max` are the extremes of the per-prompt
+    medians; `between_prompt_variance` is the share of the length variance explained by the prompt
+    (0: the prompt tells nothing about the length, 1: it tells everything).
+
+    Raises ValueError for no groups, an empty group or a max_new_tokens below 1.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if not groups or any(not g for g in groups):
+        raise ValueError("length_stats needs at least one group, each with at least one length")
+    flat = np.array([x for g in groups for x in g], dtype=float)
+    median, p90 = float(np.median(flat)), float(np.percentile(flat, 90))
+    medians = [float(np.median(g)) for g in groups]
+    total_var = float(flat.var())
+    between = float(sum(len(g) * (np.mean(g) - flat.mean()) ** 2 for g in groups) / len(flat))
+    return {
+        "samples": len(flat),
+        "capped_fraction": float((flat >= max_new_tokens).mean()),
+        "median": median,
+        "p90": p90,
+        "p90_over_median": p90 / median if median > 0 else float("inf"),
+        "mean": float(flat.mean()),
+        "max": int(flat.max()),
+        "group_median_min": min(medians),
+        "group_median_max": max(medians),
+        "between_prompt_variance": between / total_var if total_var > 0 else 0.0,
+    }
+
+
+def solve_stats(solved: list[list[bool]]) -> dict:
+    """Solve rate over all samples, the share of groups with some but not all samples solved (the
+    groups whose GRPO advantages are not all zero) and the count solved per group. Raises ValueError
+    for no groups."""
+    if not solved or any(not g for g in solved):
+        raise ValueError("solve_stats needs at least one group, each with at least one sample")
+    flat = [x for g in solved for x in g]
+    mixed = sum(0 < sum(g) < len(g) for g in solved)
+    return {
+        "solve_rate": sum(flat) / len(flat),
+        "mixed_group_fraction": mixed / len(solved),
+        "group_solved": [sum(g) for g in solved],
+    }
+
+
+def _check(prompts: int, n: int, max_new_tokens: int, temperature: float, batch: int, task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"--task: unknown task {task!r}; valid: {sorted(TASKS)}")
+    for name, value in (("--prompts", prompts), ("--n", n), ("--max-new-tokens", max_new_tokens), ("--batch", batch)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+
+
+def run(
+    task: str = "gsm8k",
+    prompts: int = 16,
+    n: int = 8,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    seed: int = 0,
+    batch: int = 64,
+    model: str = "smollm2-135m",
+    json_path: str | None = None,
+) -> dict:
+    """Sample n responses to each of `prompts` prompts of `task`; print and return the figures.
+
+    Every flag is checked before the model loads; a bad one raises ValueError naming it. `batch` is
+    the engine's decode slots. Returns (and writes to json_path) the figures, `solve_rate` and
+    `mixed_group_fraction` (None when the task has no answers), `tokens_per_s` (generated tokens per
+    second of engine time, prefill included), `wall_s`, and the trace: `groups` (lengths per prompt,
+    sample order) and `max_new_tokens`.
+    """
+    _check(prompts, n, max_new_tokens, temperature, batch, task)
+    from rollout_len.data import encode_prompt
+    from rollout_len.engine import DecodeEngine, EngineConfig
+    from rollout_len.model import load_policy
+    from rollout_len.sample import SamplingParams, expand_prompts
+
+    items = task_prompts(task, prompts, seed)
+    policy = load_policy(model)
+    ids = [encode_prompt(policy.tokenizer, item.prompt) for item in items]
+    params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    samples = expand_prompts(ids, n, params, seed=seed)
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=batch))
+    start = time.perf_counter()
+    engine.run(samples)
+    wall = time.perf_counter() - start
+    groups = [[s.num_output for s in samples[i * n : (i + 1) * n]] for i in range(prompts)]
+    result = {
+        "task": task,
+        "model": model,
+        "prompts": prompts,
+        "n": n,
+        "temperature": temperature,
+        "seed": seed,
+        "batch": batch,
+        **length_stats(groups, max_new_tokens),
+        "solve_rate": None,
+        "mixed_group_fraction": None,
+        "tokens_per_s": sum(map(sum, groups)) / wall,
+        "wall_s": wall,
+        "groups": groups,
+        "max_new_tokens": max_new_tokens,
+    }
+    if all(item.answer is not None for item in items):
+        texts = [policy.tokenizer.decode(s.output_ids, skip_special_tokens=True) for s in samples]
+        solved = [[answer_correct(texts[i * n + j], items[i].answer) for j in range(n)] for i in range(prompts)]
+        result.update(solve_stats(solved))
+        result["examples"] = [{"prompt": items[i].prompt, "response": texts[i * n]} for i in range(min(prompts, 4))]
+    print(format_result(result))
+    write_json(result, json_path)
+    return result
+
+
+def format_result(result: dict) -> str:
+    """The figures as a few printed lines."""
+    solve = (
+        f"solve rate {result['solve_rate']:.2f}, mixed groups {result['mixed_group_fraction']:.2f}"
+        if result.get("solve_rate") is not None
+        else "no answers to check"
+    )
+    return (
+        f"{result['task']}: {result['prompts']} prompts x {result['n']}, max {result['max_new_tokens']} new tokens, "
+        f"temperature {result['temperature']}\n"
+        f"  capped {result['capped_fraction']:.3f}  median {result['median']:.1f}  p90 {result['p90']:.1f}  "
+        f"p90/median {result['p90_over_median']:.2f}  mean {result['mean']:.1f}  max {result['max']}\n"
+        f"  per-prompt medians {result['group_median_min']:.1f}..{result['group_median_max']:.1f}, "
+        f"between-prompt variance {result['between_prompt_variance']:.2f}\n"
+        f"  {solve}\n"
+        f"  {result['tokens_per_s']:.1f} tok/s, {result['wall_s']:.1f} s"
+    )
