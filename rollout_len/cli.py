@@ -167,6 +167,9 @@ def _forelen(args) -> int:
     if args.forelen == "build":
         from rollout_len.forelen.build import build
 
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit (number of prompts) must be >= 1, got {args.limit}")
+
         build(
             args.scenario,
             args.out,

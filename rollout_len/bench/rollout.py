@@ -33,6 +33,8 @@ warmed by replaying the warm-up steps' lengths; the live one is the PLP head.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from rollout_len.bench import write_json
@@ -250,12 +252,13 @@ def run(
     result["lengths_check"] = _lengths_check(runs)
     result["policies"] = _summaries(policies, runs, floors)
     _print_table(result)
+    write_json(result, json_path)  # first: a chart that fails must not lose a long live run
     if png:
         from rollout_len.sched.timeline import plot_timelines
 
+        Path(png).resolve().parent.mkdir(parents=True, exist_ok=True)
         plot_timelines(timelines, png)
         print(f"wrote {png}")
-    write_json(result, json_path)
     return result
 
 

@@ -70,11 +70,15 @@ def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
 def floor_s(lengths: list[int], num_workers: int, slots: int, cost: CostModel, prompt_tokens: int) -> float:
     """The physical floor of a synchronous step, in seconds, from the cost model: the larger of
     the longest sample alone (its prefill, then every token at batch 1) and all the work at full
-    throughput (every token at full batch, prompts prefilled `slots` at a time, spread evenly)."""
+    throughput (every token at full batch, prompts prefilled `slots` at a time, spread evenly).
+    A token attends to its context whatever the batch, so the context term is the same sum in both."""
+
+    def context(length: int) -> float:  # sum over t < length of (prompt + t) tokens attended
+        return length * prompt_tokens + length * (length - 1) / 2
+
     longest = max(lengths)
-    alone = cost.prefill_time(prompt_tokens) + longest * cost.step_time(1, prompt_tokens + longest // 2)
-    mean_ctx = prompt_tokens + float(np.mean(lengths)) / 2
-    decode = sum(lengths) * cost.step_time(slots, int(slots * mean_ctx)) / slots
+    alone = cost.prefill_time(prompt_tokens) + longest * cost.step_time(1) + cost.per_context_token_s * context(longest)
+    decode = sum(lengths) * cost.step_time(slots) / slots + cost.per_context_token_s * sum(map(context, lengths))
     prefill = len(lengths) / slots * cost.prefill_time(slots * prompt_tokens)
     return max(alone, (decode + prefill) / num_workers)
 

@@ -54,6 +54,11 @@ def test_default_regimes_are_named_and_stated():
         (["--policies", "pool,nope", *SMALL], "unknown --policies"),
         (["--trace", "synthetic:nope"], "--trace synthetic:nope"),
         (["--slots", "0"], "--slots must be >= 1"),
+        (["--regimes", ","], "--regimes is empty"),
+        (["--policies", "pool,pool", *SMALL], "--policies lists a name twice"),
+        (["--sigma", "nan", *SMALL], "--sigma"),
+        (["--sigma", "-0.5", *SMALL], "--sigma"),
+        (["--trace", "/nonexistent.json"], "does not exist"),
     ],
 )
 def test_bad_flags_name_the_flag(flags, message, capsys):
@@ -72,3 +77,21 @@ def test_ratios_over_several_draws_are_paired():
     la = rows["length_aware"]
     assert la["ratio_to_pool"] == pytest.approx(0.9)  # median of 0.9, 1.05, 0.875
     assert la["oracle_gain_share"] == pytest.approx(0.5)  # median of 0.5, -0.25, 0.5
+
+
+def test_outputs_go_to_new_folders_and_json_is_strict(tmp_path):
+    out = tmp_path / "a" / "sim.json"
+    md = tmp_path / "b" / "sim.md"
+    assert main(["bench", "sim", *SMALL, "--policies", "pool,oracle", "--json", str(out), "--md", str(md)]) == 0
+    assert md.exists()
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+
+def test_the_floor_is_a_lower_bound_for_one_sample_alone():
+    from rollout_len.bench.sim import REGIMES
+    from rollout_len.sched import CostModel, simulate
+    from rollout_len.sched.simulator import floor_s
+
+    cost = CostModel.from_yaml(REGIMES["cpu-live"].profile)
+    r = simulate("pool", [[300]], 1, 1, cost, 512)
+    assert r.step_time_s == pytest.approx(floor_s([300], 1, 1, cost, 128), rel=1e-9)

@@ -307,3 +307,29 @@ def test_synthetic_traces_are_long_tailed_and_say_so():
         assert stats["p90_over_median"] >= 2.5 and stats["capped_fraction"] <= 0.05, (name, stats)
     with pytest.raises(ValueError, match="unknown synthetic trace"):
         synthetic_trace("long", 4, 4)
+
+
+def test_the_simulator_does_not_depend_on_string_hashing():
+    """A noise-free twin must replay the same way in every process: no decision may follow the
+    iteration order of a set of sample ids (randomized per process by PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from rollout_len.sched import CostModel, simulate\n"
+        "from rollout_len.bench.traces import synthetic_trace\n"
+        "from rollout_len.sched.predictions import PredictionQuality\n"
+        "g, cap = synthetic_trace('reasoning', 32, 4, seed=0)\n"
+        "cost = CostModel(step_base_s=0.1, per_seq_s=0.01, prefill_per_token_s=1e-4)\n"
+        "q = PredictionQuality(min_count=8)\n"
+        "simulate('length_aware', synthetic_trace('reasoning', 32, 4, seed=1)[0], 8, 4, cost, cap, quality=q)\n"
+        "print(simulate('length_aware', g, 8, 4, cost, cap, quality=q).step_time_s)\n"
+    )
+    out = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(out) == 1 and float(out.pop()) > 0
