@@ -95,30 +95,21 @@ def compare(policies: dict[str, dict], floor: float) -> None:
     With several draws (`draws_s`, the same draws for every policy) a ratio is the median of the
     per-draw ratios (paired), not the ratio of medians."""
 
-    def paired(p: dict, ref: str, f) -> float | None:
-        if ref not in policies:
-            return None
-        mine, theirs = (
-            p.get("draws_s", [p["step_time_s"]]),
-            policies[ref].get("draws_s", [policies[ref]["step_time_s"]]),
-        )
-        values = [f(a, b, i) for i, (a, b) in enumerate(zip(mine, theirs)) if f(a, b, i) is not None]
+    def draws(name: str) -> list[float]:
+        p = policies.get(name)
+        return p.get("draws_s", [p["step_time_s"]]) if p else []
+
+    def median(values: list[float]) -> float | None:
         return float(np.median(values)) if values else None
 
-    pool, oracle = policies.get("pool"), policies.get("oracle")
-    pool_draws = pool.get("draws_s", [pool["step_time_s"]]) if pool else []
-    oracle_draws = oracle.get("draws_s", [oracle["step_time_s"]]) if oracle else []
-
-    def share(t: float, _: float, i: int) -> float | None:
-        if i >= len(pool_draws) or i >= len(oracle_draws) or pool_draws[i] <= oracle_draws[i]:
-            return None
-        return (pool_draws[i] - t) / (pool_draws[i] - oracle_draws[i])
-
+    pool, fcfs, oracle = draws("pool"), draws("fcfs"), draws("oracle")
     for p in policies.values():
+        mine = p.get("draws_s", [p["step_time_s"]])
         p["ratio_to_floor"] = p["step_time_s"] / floor
-        p["ratio_to_pool"] = paired(p, "pool", lambda a, b, i: a / b)
-        p["ratio_to_fcfs"] = paired(p, "fcfs", lambda a, b, i: a / b)
-        p["oracle_gain_share"] = paired(p, "pool", share) if oracle else None
+        p["ratio_to_pool"] = median([t / b for t, b in zip(mine, pool)])
+        p["ratio_to_fcfs"] = median([t / b for t, b in zip(mine, fcfs)])
+        gains = [(b - t) / (b - o) for t, b, o in zip(mine, pool, oracle) if b > o]
+        p["oracle_gain_share"] = median(gains)
 
 
 def targets(regime: dict) -> dict[str, dict]:

@@ -58,7 +58,8 @@ class WorkerState:
     worker_id: int
     slots: int
     alive: bool = True
-    running: set[str] = field(default_factory=set)
+    # An ordered set (dict keys): decisions never follow the per-process hash order of a set of ids.
+    running: dict[str, None] = field(default_factory=dict)
     queue: deque = field(default_factory=deque)  # placed here, not started (policies with fixed placement)
     imports: list[Admission] = field(default_factory=list)  # migrated samples to start on the next chunk
     exports: list[str] = field(default_factory=list)  # to migrate out on the next chunk
@@ -317,7 +318,7 @@ class BucketManager:
             orders.score, self.to_score = self.to_score[:share], self.to_score[share:]
         orders.export, w.exports = w.exports, []
         for sid in orders.export:
-            w.running.discard(sid)
+            w.running.pop(sid, None)
         for adm in w.imports:
             self._start(adm.sample.sample_id, w)
         orders.admit, w.imports = w.imports, []
@@ -358,7 +359,7 @@ class BucketManager:
             t.group_at_start = self.group_estimate(sample_id)  # scored at its end, to earn `group` trust
         t.worker, t.running, t.migrating_to = w.worker_id, True, None
         t.sample.status = SampleStatus.RUNNING
-        w.running.add(sample_id)
+        w.running[sample_id] = None
 
     def apply(self, report: Report, now: float = 0.0) -> None:
         """Take a worker's report: new tokens, predictions, finished and exported samples; then let
@@ -436,7 +437,7 @@ class BucketManager:
         if not status.is_finished:
             raise ValueError(f"worker {w.worker_id} reported {sample_id!r} finished with status {status.name}")
         t.sample.status, t.sample.rng_state, t.running = status, None, False
-        w.running.discard(sample_id)
+        w.running.pop(sample_id, None)
         if t.migrating_to is not None:  # it ended before its migration was carried out
             w.exports.remove(sample_id)
             self.workers[t.migrating_to].incoming -= 1
@@ -457,7 +458,7 @@ class BucketManager:
         w.alive = False
         if not self.alive_workers():
             raise RuntimeError("every rollout worker is dead; cannot finish the step")
-        lost = sorted(w.running | set(w.queue) | set(w.importing()), key=lambda sid: self._samples[sid].arrival)
+        lost = sorted({*w.running, *w.queue, *w.importing()}, key=lambda sid: self._samples[sid].arrival)
         for sid in lost:
             t = self._samples[sid]
             if t.migrating_to is not None and t.migrating_to != worker_id:

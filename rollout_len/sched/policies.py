@@ -187,7 +187,7 @@ class LengthAware(Policy):
             z = dict(zip(fifo, np.exp(wait_sd * self._rng.standard_normal(len(fifo)))))
             running = []
             for w in alive:
-                r = np.array([m.predicted_remaining(s) for s in sorted(w.running)])  # sets iterate by hash
+                r = np.array([m.predicted_remaining(s) for s in w.running])
                 running.append(r * np.exp(run_sd * self._rng.standard_normal(len(r))))
             draws.append((z, running))
 
@@ -257,7 +257,7 @@ class LengthAware(Policy):
             + w.importing()
             + [sid for o in others for sid in o.exports if m.samples[sid].migrating_to == w.worker_id]
         )
-        movable = [s for s in sorted(src.running) if m.samples[s].migrating_to is None]
+        movable = [s for s in src.running if m.samples[s].migrating_to is None]
         before = max(m.finish_estimate(movable), m.finish_estimate(mine))
         best = None
         for sid in sorted(movable, key=m.predicted_remaining, reverse=True)[:8]:

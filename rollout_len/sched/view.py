@@ -7,7 +7,7 @@ class, so the two modules do not import each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from rollout_len.sample import Sample
@@ -35,7 +35,7 @@ class WorkerView(Protocol):
     worker_id: int
     slots: int
     alive: bool
-    running: Set[str]
+    running: Collection[str]  # in the order the samples started (never a hash-ordered set)
     queue: Sequence[str]  # placed here, not started
     exports: Sequence[str]  # to migrate out on the next chunk
     finish_at: float  # estimated time its running samples end (as of its last report)
