@@ -61,15 +61,16 @@ def load_config(argv: list[str] | None = None) -> dict:
     args.pop("config")
     for key in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "num_workers", "slots_per_worker"):
         if args[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {args[key]}")
+            raise ValueError(f"{key} (--{key.replace('_', '-')}) must be >= 1, got {args[key]}")
     if args["samples_per_prompt"] < 2:
-        raise ValueError("samples_per_prompt must be >= 2: GRPO compares the samples of one prompt")
+        raise ValueError("samples_per_prompt (--samples-per-prompt) must be >= 2: GRPO compares a prompt's samples")
     if not 0 <= args["overlong_buffer"] <= args["max_new_tokens"]:
         raise ValueError(
-            f"overlong_buffer must be in 0..max_new_tokens ({args['max_new_tokens']}), got {args['overlong_buffer']}"
+            f"overlong_buffer (--overlong-buffer) must be in 0..max_new_tokens ({args['max_new_tokens']}), "
+            f"got {args['overlong_buffer']}"
         )
     if args["train_layers"] < 0:
-        raise ValueError(f"train_layers must be >= 0 (0: every weight), got {args['train_layers']}")
+        raise ValueError(f"train_layers (--train-layers) must be >= 0 (0: every weight), got {args['train_layers']}")
     return args
 
 
@@ -246,4 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    try:
+        load_config(sys.argv[1:])  # a bad flag: one line naming it, before the heavy imports
+    except ValueError as err:
+        sys.exit(f"grpo_demo.py: error: {err}")
     main(sys.argv[1:])
