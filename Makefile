@@ -9,9 +9,23 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 GRPO_ARGS ?=
 
-.PHONY: install test lint format grpo-demo rollout-demo bench-engine clean
+.PHONY: install browser test lint format grpo-demo rollout-demo bench-engine clean
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# Chromium opens the GRPO demo's HTML report in a test (tests/verl/test_demo_html.py): Debian's package,
+# installed with apt-get (through sudo when not root) when missing; checked on every install, so a removed
+# browser comes back. Elsewhere: a message saying what to install, and that test fails until it is there.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1; then \
+			sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+			echo "installing Chromium (Debian package 'chromium') for the HTML report test"; \
+			$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "Chromium not found and no apt-get here: install Chromium and put it on PATH as 'chromium'" \
+				"(tests/verl/test_demo_html.py opens the demo's HTML report with it)" >&2; \
+		fi; }
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +49,7 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The main job: GRPO on GSM8K with length-aware rollouts on CPU, side by side with length-blind ones
+# The main job: GRPO on synthetic arithmetic with length-aware rollouts on CPU, side by side with length-blind ones
 # (recipes/grpo_demo/; flags: GRPO_ARGS="--steps 5 --out runs/grpo", every YAML key is a flag).
 grpo-demo: install
 	$(PY) recipes/grpo_demo/grpo_demo.py --config recipes/grpo_demo/grpo_demo.yaml $(GRPO_ARGS)

@@ -7,9 +7,13 @@ rollout-len bench engine --json docs/results/engine.json [--quick]
 rollout-len bench kernels --json docs/results/kernels.json [--quick]
 rollout-len bench rollout --policies pool,fcfs,length_aware,oracle --task arith --repeats 3 --json OUT [--quick]
 rollout-len bench sim --json OUT --md OUT [--regimes cpu-live,h100-queue-4] [--png OUT]
+rollout-len bench sim --mode partial --workers 64 --steps 10 --json OUT
 rollout-len bench calibrate --yaml OUT
 rollout-len forelen build --scenario rl --out data/forelen/rl [--quick]
 rollout-len forelen eval --data data/forelen/rl --methods all --json out.json
+rollout-len forelen train --data data/forelen/rl --out heads/rl
+rollout-len forelen eval --head heads/rl --data data/forelen/longseq --methods plp,survival
+rollout-len bench soak --steps 100 --json soak.json
 rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
 """
 
@@ -99,6 +103,21 @@ def _add_bench(sub) -> None:
     custom.add_argument("--profile", help="cost-model YAML")
     custom.add_argument("--every", type=int, help="decode steps per chunk (PLP interval k)")
     sm.add_argument("--sigma", type=float, default=0.5, help="log-normal noise of the simulated predictor")
+    sm.add_argument(
+        "--mode",
+        choices=["sync", "partial"],
+        default="sync",
+        help="sync: one synchronous step per regime; partial: stall-free steps (rollout_len.sched.partial) on "
+        "the partial regime (64 x 16 slots, quota 256 groups x 8, synthetic:reasoning, H100 profile) or a custom one",
+    )
+    part = sm.add_argument_group("--mode partial only (--prompts is the quota of complete groups per step)")
+    part.add_argument("--steps", type=int, help="steps per row (default 10)")
+    part.add_argument(
+        "--over-sample-rate", type=float, help="verl's meaning, in groups: in flight = quota / (1 - rate)"
+    )
+    part.add_argument("--max-staleness", type=int, help="steps a token may age before training (default 2)")
+    part.add_argument("--on-stale", help="restart (default) or drop a carried sample past the bound")
+    part.add_argument("--weight-sync-s", type=float, help="weight update time between steps (default 0)")
     sm.add_argument("--json", metavar="OUT")
     sm.add_argument("--png", metavar="OUT")
     sm.add_argument("--md", metavar="OUT", help="the regimes' tables as Markdown")
@@ -118,6 +137,20 @@ def _add_bench(sub) -> None:
     ln.add_argument("--batch", type=int, default=64, help="decode slots of the engine")
     ln.add_argument("--model", default="smollm2-135m")
     ln.add_argument("--json", metavar="OUT", help="figures and the trace (groups of lengths, max_new_tokens)")
+    so = bench.add_parser("soak", help="many rollout steps: step time, online re-fit and memory as the buffer fills")
+    so.add_argument("--steps", type=int, default=100)
+    so.add_argument("--model", default="tiny-llama", help="tiny-llama (random weights) or smollm2-135m, ...")
+    so.add_argument("--workers", type=int, default=2)
+    so.add_argument("--slots", type=int, default=4, help="decode slots per worker")
+    so.add_argument("--prompts", type=int, default=8, help="new prompts per step")
+    so.add_argument("--n", type=int, default=4, help="samples per prompt")
+    so.add_argument("--max-new-tokens", type=int, default=32)
+    so.add_argument("--every", type=int, default=16, help="PLP interval k")
+    so.add_argument("--refit-lag", type=int, default=0, choices=[0, 1], help="RolloutConfig.refit_lag")
+    so.add_argument("--update-s", type=float, default=0.0, help="sleep between steps (the trainer's update)")
+    so.add_argument("--ray", action="store_true", help="Ray workers instead of in-process ones")
+    so.add_argument("--json", metavar="OUT")
+    so.add_argument("--seed", type=int, default=0)
     k = bench.add_parser("kernels", help="entropy over the vocabulary: naive vs chunked (CPU), Triton (GPU)")
     k.add_argument("--json", metavar="OUT")
     k.add_argument("--quick", action="store_true")
@@ -148,7 +181,12 @@ def _add_forelen(sub) -> None:
     )
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
     e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
+    e.add_argument("--head", metavar="HEAD_DIR", help="score this saved head (forelen train) as the plp row, no fit")
     e.add_argument("--json", metavar="OUT")
+    t = fl.add_parser("train", help="fit the PLP head on built datasets and save it (weights + card)")
+    t.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
+    t.add_argument("--out", required=True, metavar="HEAD_DIR")
+    t.add_argument("--seed", type=int, default=0)
     c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens: PLP and the survival baselines")
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
@@ -164,6 +202,20 @@ def _add_forelen(sub) -> None:
 
 
 def _forelen(args) -> int:
+    if args.forelen == "train":
+        from rollout_len.forelen.train import train_head
+        from rollout_len.predictor.train import FitConfig
+
+        card = train_head(args.data, args.out, FitConfig(seed=args.seed))
+        print(f"wrote {args.out}: model {card['model']}, layer {card['layer']}, {card['in_dim']}-dim features")
+        for scenario, scores in card["val"].items():
+            cells = [
+                f"{k} MAE {scores[k]['mae']:.1f} (n={scores[k]['n']})"
+                for k in ("admission", "in_flight")
+                if k in scores
+            ]
+            print(f"  val {scenario}: " + ", ".join(cells))
+        return 0
     if args.forelen == "build":
         from rollout_len.forelen.build import build
 
@@ -206,7 +258,7 @@ def _forelen(args) -> int:
         payload = {k: v for k, v in result.items() if k not in ("importance", "entropy")}
     elif args.forelen == "eval":
         methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
-        results = evaluate_methods(args.data, methods, layer=args.layer, encoder=args.encoder)
+        results = evaluate_methods(args.data, methods, layer=args.layer, encoder=args.encoder, head=args.head)
         print(format_table(results))
         payload = {sc: {k: v for k, v in rows.items() if not k.startswith("_")} for sc, rows in results.items()}
     else:
@@ -283,6 +335,30 @@ def _generate(args) -> int:
     return 0
 
 
+PARTIAL_FLAGS = ("steps", "over_sample_rate", "max_staleness", "on_stale", "weight_sync_s")
+
+
+def _sim_outputs(args, argv: list[str] | None) -> dict:
+    """What both `bench sim` modes take alike: noise, seed, outputs, and the command as typed (for
+    the Markdown it writes)."""
+    command = "rollout-len bench sim " + " ".join(sys.argv[3:] if argv is None else argv[2:])
+    return {"sigma": args.sigma, "json_path": args.json, "md_path": args.md, "seed": args.seed, "command": command}
+
+
+def _sim_partial(args, custom: dict, argv: list[str] | None) -> int:
+    """`bench sim --mode partial`: flags that only the synchronous regimes take are errors."""
+    from rollout_len.bench.sim import run_partial
+
+    for flag in ("regimes", "png"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag} applies to --mode sync only (partial runs one regime: --workers/--slots/...)")
+    given = {f: getattr(args, f) for f in PARTIAL_FLAGS if getattr(args, f) is not None}
+    if args.policies is not None:
+        given["rows"] = _names(args.policies)
+    run_partial(custom=custom or None, **given, **_sim_outputs(args, argv))
+    return 0
+
+
 def _names(text: str) -> tuple[str, ...]:
     """A comma list from the command line: 'a, b,' -> ('a', 'b')."""
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -339,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = ("workers", "slots", "prompts", "n", "trace", "profile", "every")
             custom = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+            if args.mode == "partial":
+                return _sim_partial(args, custom, argv)
+            partial_only = [f"--{f.replace('_', '-')}" for f in PARTIAL_FLAGS if getattr(args, f) is not None]
+            if partial_only:
+                raise ValueError(f"{partial_only[0]} applies to --mode partial only")
             if custom and args.regimes:
                 raise ValueError(
                     "--regimes picks named regimes; --workers/--slots/... define one custom regime: not both"
@@ -347,12 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                 regimes=_names(args.regimes) if args.regimes else tuple(REGIMES),
                 custom=custom or None,
                 policies=_names(args.policies) if args.policies else DEFAULT_POLICIES,
-                sigma=args.sigma,
-                json_path=args.json,
                 png=args.png,
-                seed=args.seed,
-                md_path=args.md,
-                command="rollout-len bench sim " + " ".join(sys.argv[3:] if argv is None else argv[2:]),
+                **_sim_outputs(args, argv),
             )
             return 0
         if args.command == "bench" and args.bench == "calibrate":
@@ -373,6 +450,25 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch,
                 args.model,
                 args.json,
+            )
+            return 0
+        if args.command == "bench" and args.bench == "soak":
+            from rollout_len.bench.soak import run as run_soak
+
+            run_soak(
+                args.steps,
+                args.model,
+                args.workers,
+                args.slots,
+                args.prompts,
+                args.n,
+                args.max_new_tokens,
+                args.every,
+                args.refit_lag,
+                args.update_s,
+                args.ray,
+                args.json,
+                args.seed,
             )
             return 0
         if args.command == "bench" and args.bench == "kernels":

@@ -1,12 +1,13 @@
-"""Prompt sources: JSONL files, the packaged GSM8K test set, and chat-template encoding."""
+"""Prompt sources (JSONL files, the packaged GSM8K test set), chat-template encoding, and answer checking."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
-__all__ = ["Prompt", "read_prompts_jsonl", "gsm8k_prompts", "encode_prompt"]
+__all__ = ["Prompt", "read_prompts_jsonl", "gsm8k_prompts", "answer_correct", "encode_prompt"]
 
 # A prompt is a plain string (sent as one user message) or a list of chat messages.
 Prompt = str | list[dict]
@@ -70,6 +71,24 @@ def gsm8k_prompts(limit: int | None = None, instruction: str = GSM8K_INSTRUCTION
             record = json.loads(line)
             rows.append({**record, "prompt": f"{record['question']}\n{instruction}"})
     return rows
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def answer_correct(text: str, answer: str) -> bool:
+    """Whether the last number in `text` equals `answer` (commas dropped; "18." and "18.0" read as 18).
+
+    Looser than verl's GSM8K `flexible` checker, which compares strings and so rejects "18." at the end
+    of a sentence.
+    """
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return False
+    try:
+        return float(numbers[-1].replace(",", "")) == float(answer)
+    except ValueError:
+        return False
 
 
 def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:

@@ -209,6 +209,11 @@ class DecodeEngine:
     def num_waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def context_tokens(self) -> int:
+        """KV positions the running rows attend to (padding rows included): what the next decode step reads."""
+        return sum(r.position for r in self._running)
+
     def running(self) -> list[tuple[Sample, torch.Tensor]]:
         """Every running sample with its generator state: enough to resume it elsewhere."""
         return [(r.sample, r.generator.get_state()) for r in self._running if not r.padding]

@@ -1,17 +1,23 @@
-"""GRPO on GSM8K with length-aware rollouts: rollout_len's demo, small enough for a 2-core CPU.
+"""GRPO with length-aware rollouts: rollout_len's demo, small enough for a 2-core CPU.
 
     make grpo-demo GRPO_ARGS="--steps 5 --out runs/grpo"
     .venv/bin/python recipes/grpo_demo/grpo_demo.py --config recipes/grpo_demo/grpo_demo.yaml [--key value ...]
 
-Every key of the YAML is also a flag (`max_new_tokens` -> `--max-new-tokens`). One GRPO step:
+Every key of the YAML is also a flag (`max_new_tokens` -> `--max-new-tokens`). The prompts are a task of
+`rollout_len.bench.lengths` (`--task arith`: synthetic arithmetic of four difficulties, the workload
+chosen in docs/results/workload.md; `--task gsm8k`: GSM8K, step by step). One GRPO step:
 
-  gen            LengthAwareRollout.generate_sequences (rollout_len.verl) on a verl DataProto of GSM8K chat
+  gen            LengthAwareRollout.generate_sequences (rollout_len.verl) on a verl DataProto of the task's chat
                  prompts, samples_per_prompt rows each: its Coordinator schedules them on Ray rollout workers
                  around predicted lengths and re-fits the length predictor from the finished samples
   gen_fcfs       the same batch and seed with the length-blind policy (meta_info asks for fcfs), as a
                  measurement only (responses discarded); the two alternate which goes first from step to step
-  reward         verl's DAPO reward manager: verl's GSM8K checker on the decoded response plus the overlong
-                 penalty near max_new_tokens (rollout_len.verl.reward)
+  replay         the simulator's replay of the step's recorded lengths with fcfs, pool, length_aware and the
+                 oracle (rollout_len.verl.demo_report.SimReplay): the noise-free saving, the floor and the
+                 oracle's saving (the bound on any ordering) beside the live one
+  reward         verl's DAPO reward manager: 1 for a right final number (rollout_len.data.answer_correct, or
+                 verl's GSM8K checker), plus the overlong penalty near max_new_tokens when overlong_buffer > 0
+                 (rollout_len.verl.reward)
   adv            verl's GRPO outcome advantage (core_algos.compute_grpo_outcome_advantage)
   update_actor   one AdamW step on verl's PPO clipped policy loss, one forward/backward per prompt group
                  (rollout_len.verl.actor: ratio 1, as verl with ppo_epochs=1 and one mini-batch); the last
@@ -21,9 +27,12 @@ Every key of the YAML is also a flag (`max_new_tokens` -> `--max-new-tokens`). O
 
 Timings follow verl's names (timing_s/gen, ..., timing_s/step = the step without gen_fcfs). The rollout
 times compared (timing_s/gen, timing_s/gen_fcfs) are driver wall times of the two rollouts, each with its
-tokenization and packing; the length-aware one also pays the predictor's re-fit. Writes `out/summary.json`,
-PNG charts (`step_time_saving.png`, `timeline_step<k>.png`), the responses with their rewards
-(`responses.jsonl`) and a wandb run (offline unless WANDB_MODE says otherwise) under `out/wandb`.
+tokenization and packing; the length-aware one also pays the predictor's re-fit. Over the steps: the median
+saving with a 95% bootstrap interval (`rollout_len.bench.rollout.bootstrap_median_ci`), the replays' oracle
+saving, the capped share and the reward's slope with its interval (`measure`). Writes `out/summary.json`,
+the dashboard `out/report.html` (self-contained), PNG charts (`step_time_saving.png`,
+`timeline_step<k>.png`), the responses with their rewards (`responses.jsonl`) and a wandb run with the
+same panels (offline unless WANDB_MODE says otherwise) under `out/wandb`.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("grpo_demo.yaml")
 ACTOR_KEYS = ("train_layers", "lr", "weight_decay", "grad_clip", "clip_ratio", "loss_agg_mode", "temperature")
+PARTIAL_NOTE = "not measured here: the stall-free mode is built separately and not yet part of this demo"
 
 
 def load_config(argv: list[str] | None = None) -> dict:
@@ -59,6 +69,10 @@ def load_config(argv: list[str] | None = None) -> dict:
             parser.add_argument(flag, dest=key, default=value, type=type(value))
     args = vars(parser.parse_args(rest))
     args.pop("config")
+    from rollout_len.bench.lengths import TASKS
+
+    if args["task"] not in TASKS:
+        raise ValueError(f"task (--task) {args['task']!r} is unknown; valid: {sorted(TASKS)}")
     for key in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "num_workers", "slots_per_worker"):
         if args[key] < 1:
             raise ValueError(f"{key} (--{key.replace('_', '-')}) must be >= 1, got {args[key]}")
@@ -87,12 +101,15 @@ class GRPODemo:
     def setup(self) -> None:
         import ray
 
-        from rollout_len.data import encode_prompt, gsm8k_prompts
+        from rollout_len.bench.lengths import task_prompts
+        from rollout_len.data import encode_prompt
         from rollout_len.model import load_policy
         from rollout_len.rollout.coordinator import RolloutConfig
         from rollout_len.verl import LengthAwareRollout
         from rollout_len.verl.actor import GRPOActor
-        from rollout_len.verl.reward import gsm8k_reward_manager
+        from rollout_len.verl.demo_report import SimReplay
+        from rollout_len.verl.reward import answer_reward_manager
+        from rollout_len.verl.settings import coordinator_config
 
         c = self.cfg
         start = time.perf_counter()
@@ -102,12 +119,12 @@ class GRPODemo:
         self.model, self.tokenizer = policy.model, policy.tokenizer
         self.actor = GRPOActor(self.model, **{key: c[key] for key in ACTOR_KEYS})
         penalty = {key: c[key] for key in ("format_score", "overlong_buffer", "overlong_penalty")}
-        self.reward_manager = gsm8k_reward_manager(
+        self.reward_manager = answer_reward_manager(
             self.tokenizer, max_response_length=c["max_new_tokens"], method=c["reward_method"], **penalty
         )
-        self.rows = gsm8k_prompts(c["steps"] * c["prompts_per_step"])
-        if len(self.rows) < c["steps"] * c["prompts_per_step"]:
-            raise ValueError(f"steps x prompts_per_step exceeds the {len(self.rows)} GSM8K test problems")
+        self.prompts = task_prompts(c["task"], c["steps"] * c["prompts_per_step"], c["seed"])
+        settings = {f.name: c[f.name] for f in fields(RolloutConfig) if f.name in c}  # seed, workers, slots, ...
+        self.replay = SimReplay(coordinator_config(settings, "settings"), c["max_new_tokens"])
         self.started_ray = not ray.is_initialized()
         if self.started_ray:  # a local Ray counts CPUs: one per worker thread, one for the (mostly idle) Coordinator
             cpus = {} if c["ray_address"] else {"num_cpus": c["num_workers"] * c["threads_per_worker"] + 1}
@@ -120,7 +137,7 @@ class GRPODemo:
             temperature=c["temperature"],
             top_p=c["top_p"],
             hf_model_type=self.model.config.model_type,
-            settings={f.name: c[f.name] for f in fields(RolloutConfig) if f.name in c},  # seed, workers, slots, ...
+            settings=settings,
         )
         # The workers load the same weights by name; waiting for their logits also waits for them to start.
         self.probe = encode_prompt(self.tokenizer, "What is 12*7?")
@@ -158,17 +175,30 @@ class GRPODemo:
         from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_timing_metrics
         from verl.utils.debug.metrics import calculate_debug_metrics
 
-        from rollout_len.verl.demo_report import comparison_metrics, response_records, timelines
-        from rollout_len.verl.gsm8k import gsm8k_batch
+        from rollout_len.verl.demo_report import (
+            RESULT_KEY,
+            comparison_metrics,
+            group_lengths,
+            response_records,
+            step_cost_model,
+            timelines,
+        )
+        from rollout_len.verl.gsm8k import records_batch, task_records
 
         c = self.cfg
-        rows = self.rows[step * c["prompts_per_step"] : (step + 1) * c["prompts_per_step"]]
-        batch = gsm8k_batch(rows, c["samples_per_prompt"], uid_prefix=f"step{step}-")
+        items = self.prompts[step * c["prompts_per_step"] : (step + 1) * c["prompts_per_step"]]
+        records = task_records(items, f"rollout_len/{c['task']}")
+        batch = records_batch(records, c["samples_per_prompt"], uid_prefix=f"step{step}-")
         outputs, timing = self.rollouts(batch, step)
         data, blind = outputs["length_aware"], outputs["fcfs"]
+        data.non_tensor_batch.update(batch.non_tensor_batch)  # the dataset's fields next to the rollout's, row by row
+        lengths = group_lengths(data)
+        prompt_width = data.batch["prompts"].shape[1]  # left-padded prompts: the mask counts real tokens
+        prompt_tokens = int(data.batch["attention_mask"][:, :prompt_width].sum(dim=1).float().mean())
+        cost = step_cost_model(data.meta_info[RESULT_KEY]["metrics"])
+        sim = self.replay.step(lengths, prompt_tokens, seed=c["seed"] + step, cost=cost)
 
         start = time.perf_counter()
-        data.non_tensor_batch.update(batch.non_tensor_batch)  # the dataset's fields next to the rollout's, row by row
         scores, details = self.rewards(data)
         timing["reward"] = time.perf_counter() - start
 
@@ -196,7 +226,7 @@ class GRPODemo:
             **actor_metrics,
             **comparison_metrics(data, blind, timing),
             "rollout_len/sync_max_logit_diff": self.worker_logit_diff(self.probe),
-            "reward/gsm8k_mean": float(np.mean([d["acc"] for d in details])),
+            "reward/correct_mean": float(np.mean([d["acc"] for d in details])),
             "reward/overlong_penalty_mean": float(np.mean([d["overlong_reward"] for d in details])),
             # Timings are wall times: other work on the machine shows here (1-minute load average).
             "system/load_average": os.getloadavg()[0],
@@ -206,6 +236,8 @@ class GRPODemo:
             "timelines": timelines(data, blind),
             "first": "length_aware" if step % 2 == 0 else "fcfs",
             "step_fcfs_s": timing["step"] - timing["gen"] + timing["gen_fcfs"],
+            "lengths": lengths,
+            "sim": sim,
             "responses": response_records(data, details),
         }
 
@@ -215,6 +247,36 @@ class GRPODemo:
         self.rollout.shutdown()
         if self.started_ray:
             ray.shutdown()
+
+
+def measure(rows: list[dict], max_new_tokens: int) -> dict:
+    """The run's figures over its steps so far (summary rows, `demo_report.summary_row`): medians over
+    steps of the live saving (with its 95% bootstrap interval, `saving_ci95` [low, high]), of the
+    simulator replay's length_aware and oracle savings over fcfs and of the shares of the oracle's
+    saving (None where no step defines one); the share of responses at max_new_tokens; the
+    least-squares slope of the reward mean per step with its bootstrap interval (None before two steps)."""
+    from rollout_len.bench.rollout import bootstrap_median_ci
+    from rollout_len.verl.demo_report import slope_ci
+
+    def median(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return float(np.median(values)) if values else None
+
+    lengths = np.array([x for r in rows for g in r["lengths"] for x in g])
+    slope, slope_ci95 = slope_ci([r["step"] for r in rows], [r["reward_mean"] for r in rows])
+    return {
+        "median_saving": median("saving"),
+        "saving_ci95": list(bootstrap_median_ci([r["saving"] for r in rows])),
+        "sim_saving": median("sim_saving"),
+        "oracle_saving": median("oracle_saving"),
+        "oracle_gain_share": median("oracle_gain_share"),
+        "sim_oracle_gain_share": median("sim_oracle_gain_share"),
+        "capped_fraction": float((lengths >= max_new_tokens).mean()),
+        "partial_throughput_ratio": None,
+        "partial_throughput_note": PARTIAL_NOTE,
+        "reward_slope": slope,
+        "reward_slope_ci95": slope_ci95,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -234,14 +296,15 @@ def main(argv: list[str] | None = None) -> dict:
         for step in range(cfg["steps"]):
             result = demo.train_step(step)
             rows.append(r := report.summary_row(step, result))
-            print(report.step_line(r, result["metrics"]), flush=True)
+            measured = measure(rows, cfg["max_new_tokens"])
+            print(report.step_line(r, result["metrics"], measured), flush=True)
             png = report.write_step(out, step, result, max_workers=cfg["num_workers"]) if out is not None else None
-            report.log_step(run, step, result["metrics"], png)
+            report.log_step(run, step, result["metrics"], r, measured, png)
     finally:
         demo.cleanup()
     wall = time.perf_counter() - wall
-    print(report.format_table(rows))
-    summary = report.write_summary(cfg, rows, out, run, setup_s=demo.setup_s, wall_time_s=wall)
+    print(report.format_table(rows, measured))
+    summary = report.write_summary(cfg, rows, measured, out, run, setup_s=demo.setup_s, wall_time_s=wall)
     print(f"total wall time {wall:.0f} s")
     return summary
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from rollout_len.bench import write_json
@@ -22,18 +21,6 @@ from rollout_len.sample import Sample, SamplingParams
 from rollout_len.sched.costmodel import CostModel
 
 __all__ = ["calibrate", "run"]
-
-
-def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative least squares for a few columns (clip and refit the rest)."""
-    active = list(range(x.shape[1]))
-    while True:
-        coef = np.zeros(x.shape[1])
-        coef[active] = np.linalg.lstsq(x[:, active], y, rcond=None)[0]
-        negative = [i for i in active if coef[i] < 0]
-        if not negative:
-            return coef
-        active = [i for i in active if i not in negative]
 
 
 def calibrate(
@@ -59,19 +46,9 @@ def calibrate(
                 engine.step()
                 times.append(time.perf_counter() - t0)
                 rows.append((batch, batch * context))
-    x = np.array([[1.0, b, c] for b, c in rows])
-    step = _fit(x, np.array(times))
-    pre = _fit(np.array([[1.0, t] for t in prefill_rows]), np.array(prefill_times))
-    model = CostModel(
-        step_base_s=float(step[0]),
-        per_seq_s=float(step[1]),
-        per_context_token_s=float(step[2]),
-        prefill_base_s=float(pre[0]),
-        prefill_per_token_s=float(pre[1]),
-        name=name,
-    )
-    predicted = np.array([model.step_time(b, c) for b, c in rows])
-    fit_error = float(np.mean(np.abs(predicted - np.array(times)) / np.array(times)))
+    decode = [(b, c, t) for (b, c), t in zip(rows, times)]
+    model = CostModel.fit(decode, list(zip(prefill_rows, prefill_times)), name=name)
+    fit_error = model.relative_error(decode)
     measurements = {
         "decode": [{"batch": b, "context_tokens": c, "time_s": t} for (b, c), t in zip(rows, times)],
         "prefill": [{"tokens": n, "time_s": t} for n, t in zip(prefill_rows, prefill_times)],

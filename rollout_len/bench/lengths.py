@@ -16,7 +16,6 @@ to max_new_tokens counts as capped.
 from __future__ import annotations
 
 import random
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rollout_len.bench import write_json
+from rollout_len.data import answer_correct
 
 __all__ = ["TASKS", "TaskPrompt", "answer_correct", "length_stats", "run", "task_prompts"]
 
@@ -128,24 +128,6 @@ def task_prompts(task: str, count: int, seed: int = 0) -> list[TaskPrompt]:
     if len(prompts) < count:
         raise ValueError(f"--prompts: task {task!r} has only {len(prompts)} prompts, asked for {count}")
     return prompts
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def answer_correct(text: str, answer: str) -> bool:
-    """Whether the last number in `text` equals `answer` (commas dropped; "18." and "18.0" read as 18).
-
-    Looser than verl's GSM8K `flexible` checker, which compares strings and so rejects "18." at the end
-    of a sentence.
-    """
-    numbers = _NUMBER.findall(text)
-    if not numbers:
-        return False
-    try:
-        return float(numbers[-1].replace(",", "")) == float(answer)
-    except ValueError:
-        return False
 
 
 def length_stats(groups: list[list[int]], max_new_tokens: int) -> dict:

@@ -25,10 +25,23 @@ median (rounds resampled with replacement, fixed seed); the paired per-round rat
 (pool - policy) / (pool - oracle), each with its median and 95% bootstrap interval; its median
 over the floor (`floor_s`: the cost model's physical floor of the recorded lengths); and a
 noise-free twin: each round's recorded lengths of that run, replayed in the simulator with the
-same policy, workers, slots, chunk size and the coordinator's cost model (`sim_step_time_s`, the
-median over rounds, and `live_over_sim`, the median of the per-round live / sim ratios). The
-simulated predictor is log-normal noise (sigma `SIM_SIGMA`) around the true remaining length,
-warmed by replaying the warm-up steps' lengths; the live one is the PLP head.
+same policy, workers, slots and chunk size (`sim_step_time_s`, the median over rounds, and
+`live_over_sim`, the median of the per-round live / sim ratios). The simulated predictor is
+log-normal noise (sigma `SIM_SIGMA`) around the true remaining length, warmed by replaying the
+warm-up steps' lengths; the live one is the PLP head.
+
+The cost model of the twins and of the floor is fitted to this run's own engine steps
+(`Report.step_log`: every decode step's batch, context and seconds, every prefill's tokens and
+seconds, timed inside the live workers under their threads and load), pooled over every measured
+run (`cost_model`): one speed for all policies, so the twins compare schedules, not load. The
+machine is shared, so speed drifts between runs; each run's `load_factor` is its measured decode
+time over what the pooled model predicts for the same steps (1.3: that run's steps ran 30% slower
+than the run's average speed); `load_adjusted` repeats the step time, the paired ratio to pool and the
+oracle-gain share on live step times divided by their run's load factor (decode at the run's
+average speed; prefill and round trips are not adjusted). `sim_own_fit_s` replays a run with a
+cost model fitted to that run's steps alone: with its own speed, the simulator's schedule is
+checked against the live one (`live_over_own_fit`), which separates what the simulator leaves out
+from drift in speed.
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ from rollout_len.bench.sim import compare
 from rollout_len.data import encode_prompt
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
 from rollout_len.sample import SamplingParams, expand_prompts
+from rollout_len.sched.costmodel import CostModel
 from rollout_len.sched.policies import POLICIES
 from rollout_len.sched.predictions import PredictionQuality
 from rollout_len.sched.simulator import floor_s, simulate
@@ -109,16 +123,17 @@ def sim_twin(
     max_new_tokens: int,
     prompt_tokens: int,
     seed: int,
+    cost: CostModel | None = None,
 ) -> float:
     """Simulated step time (s) of `policy` on recorded lengths (groups per prompt), on the
-    coordinator's configured workers, slots, chunk size, prediction source and cost model. A policy
-    that uses model predictions first replays the warm-up steps' groups (`warm`) to fill its
-    quality window."""
+    coordinator's configured workers, slots, chunk size and prediction source, with `cost` (default:
+    the coordinator's cost model). A policy that uses model predictions first replays the warm-up
+    steps' groups (`warm`) to fill its quality window."""
     c = coord.config
     args = dict(
         num_workers=c.num_workers,
         slots=c.slots_per_worker,
-        cost=coord.cost,
+        cost=cost or coord.cost,
         max_new_tokens=max_new_tokens,
         prompt_tokens=prompt_tokens,
         every=c.every,
@@ -229,7 +244,7 @@ def run(
         "seed": seed,
         "model": model,
         "predictions": predictions,
-        "cost_model": coord.cost.name,
+        "cost_profile": coord.cost.name,
         "sim_sigma": SIM_SIGMA,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95},
         "warmup": [],
@@ -241,11 +256,18 @@ def run(
         runs, timelines = _rounds(coord, policies, step_ids, n, params, repeats, seed)
     finally:
         coord.shutdown()
+    every_run = [run_r for round_runs in runs for run_r in round_runs.values()]
+    cost = CostModel.from_step_log([row for x in every_run for row in x["step_log"]], "live-fit (this run's steps)")
+    result["cost_model"] = {"name": cost.name, **{k: v for k, v in vars(cost).items() if k != "name"}}
     for round_runs in runs:
         for policy, run_r in round_runs.items():
-            groups = run_r.pop("groups")
-            run_r["sim_step_time_s"] = sim_twin(policy, groups, warm, coord, max_new_tokens, prompt_tokens, seed)
-    floors = [floor_s(_first(x)["lengths"], workers, slots, coord.cost, prompt_tokens) for x in runs]
+            groups, steps = run_r.pop("groups"), run_r.pop("step_log")
+            twin = dict(groups=groups, warm=warm, coord=coord, max_new_tokens=max_new_tokens)
+            twin.update(prompt_tokens=prompt_tokens, seed=seed)
+            run_r["sim_step_time_s"] = sim_twin(policy, cost=cost, **twin)
+            run_r["sim_own_fit_s"] = sim_twin(policy, cost=CostModel.from_step_log(steps, "own"), **twin)
+            run_r["load_factor"] = cost.load_factor(steps)
+    floors = [floor_s(_first(x)["lengths"], workers, slots, cost, prompt_tokens) for x in runs]
     result["order"] = [list(round_order(policies, r)) for r in range(repeats)]
     result["floor_s_rounds"] = floors
     result["floor_s"] = float(np.median(floors))
@@ -292,6 +314,7 @@ def _rounds(coord, policies, step_ids, n, params, repeats, seed) -> tuple[list[d
             lengths = {s.sample_id: s.num_output for s in res.samples}
             record = dict(res.metrics)
             record.update(position=pos, lengths=list(lengths.values()), groups=_groups(res), plans=res.plans)
+            record["step_log"] = [row for chunk in res.timeline.chunks for row in chunk.step_log]
             if oracle:
                 record["oracle_lengths_off"] = sum(lengths[k] != v for k, v in given.items())
             elif first is None:
@@ -333,29 +356,40 @@ def _lengths_check(runs: list[dict]) -> dict:
 
 def _summaries(policies: tuple[str, ...], runs: list[dict], floors: list[float]) -> dict:
     """Per policy: step times per round, medians, bootstrap intervals, paired ratios, sim twin."""
-    paired = []
+    paired, adjusted = [], []
     for r, round_runs in enumerate(runs):
         times = {p: {"step_time_s": v["step_time_s"]} for p, v in round_runs.items()}
         compare(times, floors[r])
         paired.append(times)
+        times = {p: {"step_time_s": v["step_time_s"] / v["load_factor"]} for p, v in round_runs.items()}
+        compare(times, floors[r])
+        adjusted.append(times)
     out = {}
     for p in policies:
-        live = [runs[r][p]["step_time_s"] for r in range(len(runs))]
-        sim = [runs[r][p]["sim_step_time_s"] for r in range(len(runs))]
+        per_round = [runs[r][p] for r in range(len(runs))]
+        live = [x["step_time_s"] for x in per_round]
+        sim = [x["sim_step_time_s"] for x in per_round]
         median = float(np.median(live))
         out[p] = {
             "step_time_s": median,
             "rounds": live,
             "ci95": list(bootstrap_median_ci(live)),
-            "positions": [runs[r][p]["position"] for r in range(len(runs))],
+            "positions": [x["position"] for x in per_round],
             "ratio_to_floor": median / float(np.median(floors)),
             "ratio_to_pool": summarize([x[p]["ratio_to_pool"] for x in paired]),
             "oracle_gain_share": summarize([x[p]["oracle_gain_share"] for x in paired]),
             "sim_step_time_s": float(np.median(sim)),
             "sim_rounds": sim,
             "live_over_sim": float(np.median(np.array(live) / np.array(sim))),
-            **{k: float(np.median([runs[r][p][k] for r in range(len(runs))])) for k in SUMMARY_METRICS},
-            "runs": [runs[r][p] for r in range(len(runs))],
+            "live_over_own_fit": float(np.median([x["step_time_s"] / x["sim_own_fit_s"] for x in per_round])),
+            "load_factors": [x["load_factor"] for x in per_round],
+            "load_adjusted": {
+                "step_time_s": float(np.median([x["step_time_s"] / x["load_factor"] for x in per_round])),
+                "ratio_to_pool": summarize([x[p]["ratio_to_pool"] for x in adjusted]),
+                "oracle_gain_share": summarize([x[p]["oracle_gain_share"] for x in adjusted]),
+            },
+            **{k: float(np.median([x[k] for x in per_round])) for k in SUMMARY_METRICS},
+            "runs": per_round,
         }
     return out
 
@@ -388,19 +422,32 @@ def _print_table(result: dict) -> None:
         print(f"  round {r + 1}: {', '.join(order)}")
     print(
         f"{'policy':<14}{'step s':>8}{'95% CI':>17}{'/pool (paired)':>24}{'oracle gain':>24}"
-        f"{'/floor':>8}{'sim s':>8}{'live/sim':>9}{'padded':>8}{'migr':>6}{'idle':>6}{'PLP MAE':>9}"
+        f"{'/floor':>8}{'sim s':>8}{'live/sim':>9}{'/own fit':>9}{'load':>6}{'padded':>8}{'migr':>6}{'idle':>6}"
+        f"{'PLP MAE':>9}"
     )
     for name, p in result["policies"].items():
         lo, hi = p["ci95"]
         print(
             f"{name:<14}{p['step_time_s']:>8.1f}{f'[{lo:.1f}, {hi:.1f}]':>17}{_interval(p['ratio_to_pool']):>24}"
             f"{_interval(p['oracle_gain_share']):>24}{p['ratio_to_floor']:>8.2f}{p['sim_step_time_s']:>8.1f}"
-            f"{p['live_over_sim']:>9.2f}{p['padded_fraction']:>8.2f}{p['migrations']:>6.0f}"
+            f"{p['live_over_sim']:>9.2f}{p['live_over_own_fit']:>9.2f}{max(p['load_factors']):>6.2f}"
+            f"{p['padded_fraction']:>8.2f}{p['migrations']:>6.0f}"
             f"{p['worker_idle_fraction']:>6.2f}{_fmt(p['predictor_mae'], '.1f'):>9}"
+        )
+    print("load-adjusted (live step time over the run's load factor):")
+    for name, p in result["policies"].items():
+        a = p["load_adjusted"]
+        print(
+            f"  {name:<12}{a['step_time_s']:>8.1f} s   /pool {_interval(a['ratio_to_pool'])}   "
+            f"oracle gain {_interval(a['oracle_gain_share'])}"
         )
     print(
         f"floor: {result['floor_s']:.1f} s (median over rounds; the longest sample alone vs all tokens at "
-        f"full-batch throughput; cost model {result['cost_model']})"
+        f"full-batch throughput; cost model fitted to this run's engine steps)"
+    )
+    print(
+        "sim s: the simulator replay at the pooled fitted speed; /own fit: live over the replay at that run's "
+        "own fitted speed; load: the slowest round's speed relative to the pooled fit"
     )
     same = "identical" if check["identical"] else "NOT identical"
     print(

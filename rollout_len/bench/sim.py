@@ -10,12 +10,18 @@ Every regime reports the physical floor (`floor_s`: the longest sample alone vs 
 throughput) and, per policy, its step time and its ratios to the floor, to `pool` (the
 prediction-free shared pool, the baseline to beat) and to `fcfs`, and the share of the oracle's
 gain over `pool` it captures: (pool - policy) / (pool - oracle).
+
+`--mode partial` (run_partial) runs PARTIAL_REGIME instead, or one custom regime, over `--steps`
+partial (stall-free) steps (rollout_len.sched.partial): the rows of PARTIAL_ROWS, each with its
+trained tokens and complete groups per second and its staleness histogram.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from rollout_len.bench import write_json
 from rollout_len.bench.lengths import length_stats
 from rollout_len.bench.traces import SYNTHETIC_TRACES, synthetic_trace
 from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, PROFILES_DIR, CostModel
+from rollout_len.sched.partial import PARTIAL_ROWS, PartialConfig, simulate_partial
 from rollout_len.sched.policies import POLICIES
 from rollout_len.sched.predictions import LengthPrior, PredictionQuality
 from rollout_len.sched.simulator import floor_s, load_trace, simulate
@@ -70,6 +77,11 @@ REGIMES: dict[str, Regime] = {
     "cpu-queue-4": Regime(64, 4, 128, 8, RL_TRACE, CPU, note="measured CPU profile, the rl trace, 4 waves"),
     "cpu-live": Regime(2, 8, 8, 8, "synthetic:short", CPU, draws=9, note="the live demo's shape, 4 waves"),
 }
+
+
+# Partial steps: verl-sized GRPO batches (256 prompts x 8) on 64 replicas of 16 slots (2 waves), on the
+# long-tailed reasoning trace, where a synchronous step waits ~3x its full-throughput time for its tail.
+PARTIAL_REGIME = Regime(64, 16, 256, 8, "synthetic:reasoning", H100, every=32, note="quota 256 groups x 8 per step")
 
 
 def draw_groups(groups: list[list[int]], prompts: int, n: int, rng: np.random.Generator) -> list[list[int]]:
@@ -260,6 +272,35 @@ def to_markdown(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def check_names(flag: str, names: tuple[str, ...], valid: list[str]) -> None:
+    """A comma list of names from the command line: not empty, each valid, none twice."""
+    if not names:
+        raise ValueError(f"{flag} is empty; valid: {valid}")
+    unknown = [x for x in names if x not in valid]
+    if unknown:
+        raise ValueError(f"unknown {flag} {unknown}; valid: {valid}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"{flag} lists a name twice: {list(names)}")
+
+
+def check_sigma(sigma: float) -> None:
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"--sigma (log-normal noise of the simulated predictor) must be finite and >= 0, got {sigma}")
+
+
+def check_regime(r: Regime) -> None:
+    """Sizes >= 1, a known synthetic trace or a readable trace file, a readable cost profile: a bad
+    input fails before any simulation, not after the regimes before it."""
+    for field in ("workers", "slots", "prompts", "n", "every"):
+        if getattr(r, field) < 1:
+            raise ValueError(f"--{field} must be >= 1, got {getattr(r, field)}")
+    if r.trace.startswith("synthetic:") and r.trace.split(":", 1)[1] not in SYNTHETIC_TRACES:
+        raise ValueError(f"--trace {r.trace}: valid synthetic traces are {sorted(SYNTHETIC_TRACES)}")
+    if not r.trace.startswith("synthetic:"):
+        load_trace(r.trace)
+    CostModel.from_yaml(r.profile)
+
+
 def run(
     regimes: tuple[str, ...] = tuple(REGIMES),
     custom: dict | None = None,
@@ -274,30 +315,16 @@ def run(
 ) -> dict:
     """Run named regimes, or one `custom` regime (Regime fields overriding `cpu-queue-4`);
     write JSON (`json_path`), Gantt charts (`png`) and Markdown tables (`md_path`)."""
-    for flag, names, valid in (("--regimes", regimes, list(REGIMES)), ("--policies", policies, sorted(POLICIES))):
-        if not names:
-            raise ValueError(f"{flag} is empty; valid: {valid}")
-        unknown = [x for x in names if x not in valid]
-        if unknown:
-            raise ValueError(f"unknown {flag} {unknown}; valid: {valid}")
-        if len(set(names)) < len(names):
-            raise ValueError(f"{flag} lists a name twice: {list(names)}")
-    if not (np.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"--sigma (log-normal noise of the simulated predictor) must be finite and >= 0, got {sigma}")
+    check_names("--regimes", regimes, list(REGIMES))
+    check_names("--policies", policies, sorted(POLICIES))
+    check_sigma(sigma)
     if png and not str(png).lower().endswith((".png", ".pdf", ".svg")):
         raise ValueError(f"--png {png}: the chart is written as .png, .pdf or .svg")
     chosen = {name: REGIMES[name] for name in regimes}
     if custom:
         chosen = {"custom": replace(REGIMES["cpu-queue-4"], note="from the command line", **custom)}
     for r in chosen.values():
-        for field in ("workers", "slots", "prompts", "n", "every"):
-            if getattr(r, field) < 1:
-                raise ValueError(f"--{field} must be >= 1, got {getattr(r, field)}")
-        if r.trace.startswith("synthetic:") and r.trace.split(":", 1)[1] not in SYNTHETIC_TRACES:
-            raise ValueError(f"--trace {r.trace}: valid synthetic traces are {sorted(SYNTHETIC_TRACES)}")
-        if not r.trace.startswith("synthetic:"):
-            load_trace(r.trace)  # a bad trace fails now, not after the regimes before it
-        CostModel.from_yaml(r.profile)
+        check_regime(r)
     for path in (png, md_path):  # outputs land where asked, after a run that may take minutes
         if path:
             Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
@@ -318,3 +345,183 @@ def run(
         Path(md_path).write_text(to_markdown(result, command) + "\n")
         print(f"wrote {md_path}")
     return result
+
+
+def prompt_stream(regime: Regime, seed: int) -> Iterator[list[int]]:
+    """An endless stream of prompts' lengths (groups of `n`), drawn `prompts` at a time as
+    `draw_step` draws a step; the same seed gives every row the same prompts in the same order."""
+    for i in itertools.count():
+        yield from draw_step(regime, seed + 1000 * i)[0]
+
+
+PARTIAL_FLAGS = {  # PartialConfig field -> its command-line flag, for error messages
+    "over_sample_rate": "--over-sample-rate",
+    "max_staleness": "--max-staleness",
+    "on_stale": "--on-stale",
+    "weight_sync_s": "--weight-sync-s",
+}
+
+
+def run_partial(
+    custom: dict | None = None,
+    rows: tuple[str, ...] = tuple(PARTIAL_ROWS),
+    steps: int = 10,
+    over_sample_rate: float = 0.5,
+    max_staleness: int = 2,
+    on_stale: str = "restart",
+    weight_sync_s: float = 0.0,
+    sigma: float = 0.5,
+    prompt_tokens: int = 128,
+    json_path: str | None = None,
+    md_path: str | None = None,
+    seed: int = 0,
+    command: str = "rollout-len bench sim --mode partial",
+) -> dict:
+    """`steps` partial steps of each row (PARTIAL_ROWS) on PARTIAL_REGIME, or on it with the `custom`
+    Regime fields (`prompts` is the quota of complete groups per step); writes JSON and Markdown.
+    A row whose policy uses predictions first runs one step on other prompts (as `run_regime`
+    does): it fills the predictor-quality window and the survival prior, as earlier RL steps would."""
+    check_names("--policies", rows, list(PARTIAL_ROWS))
+    check_sigma(sigma)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    regime = replace(PARTIAL_REGIME, **(custom or {}))
+    check_regime(regime)
+    try:
+        config = PartialConfig(regime.prompts, over_sample_rate, max_staleness, on_stale, weight_sync_s)
+    except ValueError as err:  # name the flag, not the field
+        field = str(err).split(" ", 1)[0]
+        raise ValueError(f"{PARTIAL_FLAGS.get(field, field)}: {err}") from None
+    if md_path:
+        Path(md_path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    cost = CostModel.from_yaml(regime.profile)
+    cap = draw_step(regime, seed)[1]
+    out = {
+        "mode": "partial",
+        **asdict(regime),
+        "cost_model": cost.name,
+        "cap": cap,
+        "steps": steps,
+        **{k: getattr(config, k) for k in ("over_sample_rate", "max_staleness", "on_stale", "weight_sync_s")},
+        "in_flight_groups": config.in_flight,
+        "sigma": sigma,
+        "prompt_tokens": prompt_tokens,
+        "seed": seed,
+        "policies": {},
+    }
+    print(
+        f"[sim partial] {regime.workers} workers x {regime.slots} slots, quota {regime.prompts} groups x {regime.n} "
+        f"per step, {steps} steps, {regime.trace}, {cost.name}, k={regime.every}; over_sample_rate "
+        f"{over_sample_rate} ({config.in_flight} groups in flight), max staleness {max_staleness} ({on_stale})"
+    )
+    args = (config, regime.workers, regime.slots, cost, cap, prompt_tokens, regime.every, sigma)
+    start = time.perf_counter()
+    for row in rows:
+        t0 = time.perf_counter()
+        quality, prior = PredictionQuality(), LengthPrior()
+        if POLICIES[PARTIAL_ROWS[row][0]].uses_predictions:
+            warm = replace(config, over_sample_rate=0.0)
+            simulate_partial(row, prompt_stream(regime, seed + 1), 1, *(warm, *args[1:]), quality, prior, seed=seed + 1)
+        r = simulate_partial(row, prompt_stream(regime, seed), steps, *args, quality, prior, seed=seed)
+        out["policies"][row] = {**r.to_dict(), "sim_wall_s": time.perf_counter() - t0}
+    out["wall_s"] = time.perf_counter() - start
+    compare_partial(out["policies"])
+    out["targets"] = partial_targets(out["policies"])
+    print_partial(out)
+    write_json(out, json_path)
+    if md_path:
+        Path(md_path).write_text(partial_markdown(out, command) + "\n")
+        print(f"wrote {md_path}")
+    return out
+
+
+def compare_partial(rows: dict[str, dict]) -> None:
+    """Each row's trained-token throughput as a ratio to fcfs_sync's and april's (None without them)."""
+    for base in ("fcfs_sync", "april"):
+        ref = rows.get(base, {}).get("trained_tokens_per_s")
+        for p in rows.values():
+            p[f"throughput_vs_{base}"] = p["trained_tokens_per_s"] / ref if ref else None
+
+
+def partial_targets(rows: dict[str, dict]) -> dict[str, dict]:
+    """The issue's simulator targets for length_aware_partial, met or missed (None: a row is missing)."""
+    la = rows.get("length_aware_partial")
+    if la is None:
+        return {}
+    out = {}
+    for base, bar in (("fcfs_sync", 1.5), ("april", 1.15)):
+        value = la[f"throughput_vs_{base}"]
+        out[f"throughput_{bar}x_{base}"] = {"value": value, "met": None if value is None else value >= bar}
+    share = la["fresh_token_share"]
+    out["fresh_token_share_0.95"] = {"value": share, "met": share is not None and share >= 0.95}
+    return out
+
+
+PARTIAL_COLUMNS = (
+    ("row", "{}"),
+    ("trained tok/s", "{:.0f}"),
+    ("groups/s", "{:.2f}"),
+    ("x fcfs_sync", "{:.2f}"),
+    ("x april", "{:.2f}"),
+    ("fresh", "{:.3f}"),
+    ("staleness 0/1/2+ (share of tokens)", "{}"),
+    ("mean step s", "{:.1f}"),
+    ("restarted", "{}"),
+    ("dropped groups", "{}"),
+    ("wasted tok", "{}"),
+    ("unreturned tok", "{}"),
+)
+
+
+def _partial_cells(label: str, p: dict) -> list[str]:
+    hist = {int(k): v for k, v in p["staleness_tokens"].items()}
+    total = sum(hist.values()) or 1
+    stale = "/".join(
+        f"{x / total:.2f}" for x in (hist.get(0, 0), hist.get(1, 0), total - hist.get(0, 0) - hist.get(1, 0))
+    )
+    values = (
+        label,
+        p["trained_tokens_per_s"],
+        p["groups_per_s"],
+        p["throughput_vs_fcfs_sync"],
+        p["throughput_vs_april"],
+        p["fresh_token_share"],
+        stale,
+        float(np.mean(p["step_time_s"])),
+        p["restarted"],
+        p["dropped_groups"],
+        p["wasted_tokens"],
+        p["unreturned_tokens"],
+    )
+    return ["n/a" if v is None else fmt.format(v) for (_, fmt), v in zip(PARTIAL_COLUMNS, values)]
+
+
+def print_partial(result: dict) -> None:
+    rows = [[name for name, _ in PARTIAL_COLUMNS]]
+    rows += [_partial_cells(label, p) for label, p in result["policies"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))))
+    for target, t in result["targets"].items():
+        verdict = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        print(f"  target {target}: {_value(t)} ({verdict})")
+
+
+def _value(target: dict) -> str:
+    return "n/a" if target["value"] is None else f"{target['value']:.3f}"
+
+
+def partial_markdown(result: dict, command: str) -> str:
+    """The partial rows as a Markdown table, headed by the command that produced them."""
+    lines = [
+        f"Generated by `{command}` ({result['wall_s']:.0f} s).",
+        "",
+        "| " + " | ".join(name for name, _ in PARTIAL_COLUMNS) + " |",
+        "| --- |" + " ---: |" * (len(PARTIAL_COLUMNS) - 1),
+    ]
+    lines += ["| " + " | ".join(_partial_cells(label, p)) + " |" for label, p in result["policies"].items()]
+    lines.append("")
+    for target, t in result["targets"].items():
+        verdict = "does not apply" if t["met"] is None else ("met" if t["met"] else "**missed**")
+        lines.append(f"- target `{target}`: {_value(t)}, {verdict}")
+    return "\n".join(lines)

@@ -179,6 +179,7 @@ def build(
             "capped_fraction": float(capped.float().mean()),
         },
         "hidden_size": policy.hidden_size,
+        "num_layers": depth,
         "build_time_s": round(time.time() - start, 1),
     }
     out_dir = save_dataset(out_dir, card, tensors, texts, split)

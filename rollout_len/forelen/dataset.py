@@ -12,7 +12,8 @@ card.json
     checkpoint interval in tokens), seed, quick,
     sampling {n, temperature, top_p, max_new_tokens},
     counts {prompts, samples, checkpoints, train_prompts, val_prompts, test_prompts},
-    lengths {mean, median, max, capped_fraction}, hidden_size, build_time_s.
+    lengths {mean, median, max, capped_fraction}, hidden_size, num_layers (the model's decoder layers;
+    absent from older builds), build_time_s.
 
 data.safetensors
     prompt/{L}/{pooling}   (P, d) float32   the prompt's states at the output of decoder layer L pooled

@@ -2,6 +2,7 @@
 
     rollout-len forelen eval --data data/forelen/rl --data data/forelen/reasoning --methods all --json out.json
     rollout-len forelen plp-curve --data data/forelen/rl --json curve.json --png curve.png
+    rollout-len forelen eval --head heads/rl --data data/forelen/longseq --methods plp,survival  # a saved head
 
 Two errors are kept apart. Admission time (t = 0, the prompt only): the total length of each test
 sample. In flight (t > 0): the remaining length at every test checkpoint with t > 0 (sample s, t
@@ -22,13 +23,12 @@ to the remaining length and reports both. The other baselines (`ssjf_reg`, `ssjf
 
 from __future__ import annotations
 
-import torch
-
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
-from rollout_len.baselines.base import IN_FLIGHT, remaining_metrics
+from rollout_len.baselines.base import IN_FLIGHT
 from rollout_len.baselines.encoder import ENCODERS
 from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset
-from rollout_len.predictor.plp import clamp_to_budget, plp_features
+from rollout_len.forelen.train import dataset_identity, load_head, plp_examples, plp_scores
+from rollout_len.predictor.head import check_card
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
@@ -37,10 +37,6 @@ __all__ = ["evaluate_methods", "plp_curve", "format_table", "METHODS", "CURVE_ME
 FLOORS = ("constant", "survival", "survival_group")  # no model: what every predictor must beat
 METHODS = (*FLOORS, *POOLINGS, "plp", *(m for m in BASELINES if m not in FLOORS))
 CURVE_METHODS = ("plp", "survival", "survival_group")  # compared at the same t by `plp_curve`
-
-
-def _sample_split(t: dict[str, torch.Tensor]) -> torch.Tensor:
-    return t["prompt/split"][t["sample/prompt"]]  # (S,)
 
 
 def _fit_and_test(x, y, split, config: FitConfig):
@@ -61,26 +57,10 @@ def _prompt_only(data: ForeLenData, method: str, layer: int, config: FitConfig) 
     return {"admission": {**evaluate(pred, true), "capped_fraction": float(capped.float().mean())}}
 
 
-def _plp_examples(card, t) -> tuple[torch.Tensor, ...]:
-    s = t["ckpt/sample"]
-    prompt = t[f"prompt/{card['plp_layer']}/egtp"][t["sample/prompt"][s]]
-    steps = t["ckpt/t"]
-    budget_left = card["sampling"]["max_new_tokens"] - steps
-    x = plp_features(prompt, t["ckpt/pool"].float(), steps, budget_left)
-    y = (t["sample/length"][s] - steps).float()
-    return x, y, _sample_split(t)[s], steps, budget_left
-
-
 def _plp(data: ForeLenData, config: FitConfig) -> dict:
-    """{"admission": the t = 0 checkpoints' metrics, "in_flight", "by_t"} of a PLP head fit on the
-    train checkpoints (epoch chosen on val), scored on the test checkpoints."""
-    x, y, split, _, budget_left = _plp_examples(data.card, data.tensors)
-    head, _, _ = _fit_and_test(x, y, split, config)
-    test = split == TEST
-    mean, quantiles = head.predict(x[test])
-    pred, _ = clamp_to_budget(mean, quantiles, budget_left[test])
-    result = remaining_metrics(pred, data, data.checkpoints(TEST))  # test checkpoints in the same order
-    return {"admission": result["by_t"][0], **result} if 0 in result["by_t"] else result
+    """`plp_scores` on the test split of a PLP head fit on the train checkpoints (epoch chosen on val)."""
+    head, _, _ = _fit_and_test(plp_examples(data), data.ckpt_remaining, data.ckpt_split, config)
+    return plp_scores(head, data, TEST)
 
 
 def _method(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
@@ -101,24 +81,40 @@ def evaluate_methods(
     layer: int | None = None,
     config: FitConfig | None = None,
     encoder: str = "all-minilm-l6-v2",
+    head: str | None = None,
 ) -> dict:
     """{scenario: {method: row}} plus {scenario: {"_card": ..., "_layer": ...}}; `encoder`: the
     baselines' proxy encoder. A row has `admission` and/or `in_flight` and `by_t` (module docstring),
-    `selected` where a method chose settings on val, or is {"skipped": reason}."""
+    `selected` where a method chose settings on val, or is {"skipped": reason}.
+
+    `head`: a folder saved by `forelen train`; the `plp` row then scores that head on each dataset's
+    test split, without fitting (its row names the folder under `head`). A dataset whose model, PLP
+    layer or feature size differs from the head's card raises ValueError naming what differs."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; valid: {list(METHODS)} or 'all'")
     if encoder not in ENCODERS:
         raise ValueError(f"unknown proxy encoder {encoder!r}; valid: {list(ENCODERS)}")
+    if head is not None and "plp" not in methods:
+        raise ValueError(f"a saved head (--head {head}) is scored as the plp row: include plp in the methods")
+    saved = load_head(head) if head is not None else None
     config = config or FitConfig()
-    results: dict = {}
+    datasets = []
     for folder in folders:
         card, t = load_dataset(folder)
+        if saved is not None:  # every dataset checked before anything is scored
+            check_card(saved[1], dataset_identity(card), f"dataset {folder}")
+        datasets.append((folder, card, t))
+    results: dict = {}
+    for folder, card, t in datasets:
         chosen = layer if layer is not None else card["plp_layer"]
         scenario = {"_card": {k: card[k] for k in ("model", "counts", "lengths", "sampling")}, "_layer": chosen}
         data = ForeLenData(card, t, folder, encoder)
         for method in methods:
-            scenario[method] = _method(data, method, chosen, config)
+            if method == "plp" and saved is not None:
+                scenario[method] = {**plp_scores(saved[0], data, TEST), "head": str(head)}
+            else:
+                scenario[method] = _method(data, method, chosen, config)
         results[card["scenario"]] = scenario
     return results
 

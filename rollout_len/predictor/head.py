@@ -4,7 +4,8 @@
     head = SoftLabelHead(HeadConfig(in_dim=576), bins)
     loss = head.loss(features, lengths)          # λ·CE(p, p̂) + (1-λ)·MSE(y/s, ŷ/s)
     mean, quantiles = head.predict(features, quantiles=(0.1, 0.5, 0.9))
-    head.save("head/"); SoftLabelHead.load("head/", expect_in_dim=576)
+    head.save("head/", card={"model": ..., "layer": ...}); SoftLabelHead.load("head/", expect_in_dim=576)
+    card = load_card("head/"); check_card(card, {"model": "smollm2-135m", "layer": 30}, "dataset X")
 
 Soft labels: a sample of length y in bin i gets p_j ∝ exp(-|j - i| / τ) (τ = 1 by default), so a
 near miss costs less than a far one. ŷ = Σ_j p̂_j c_j with c_j the bin centres. The MSE term is on
@@ -22,7 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-__all__ = ["LengthBins", "HeadConfig", "SoftLabelHead"]
+__all__ = ["LengthBins", "HeadConfig", "SoftLabelHead", "load_card", "check_card", "layer_matches"]
+
+CARD = "card.json"  # what a saved head was trained on (forelen/train.py writes it)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,23 @@ class HeadConfig:
     tau: float = 1.0  # soft-label width in bins
 
 
+class _Dropout(nn.Module):
+    """nn.Dropout with masks from a generator of its own (seeded from torch's global one when built),
+    never from the global one: the coordinator trains heads in a background thread, and global draws
+    there would change what the rest of the process draws (e.g. a model's seeded initialization)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = (torch.rand(x.shape, generator=self.generator) >= self.p).to(x.device)  # (N, hidden)
+        return x * keep / (1 - self.p)
+
+
 class SoftLabelHead(nn.Module):
     """Standardize → Linear(d, d/2) → LayerNorm → ReLU → Dropout → Linear(d/2, K): a distribution over
     length bins. Features are standardized with the training set's per-feature mean and std (stored
@@ -112,7 +132,7 @@ class SoftLabelHead(nn.Module):
             nn.Linear(config.in_dim, hidden),
             nn.LayerNorm(hidden),
             nn.ReLU(),
-            nn.Dropout(config.dropout),
+            _Dropout(config.dropout),
             nn.Linear(hidden, bins.num_bins),
         )
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
@@ -183,12 +203,16 @@ class SoftLabelHead(nn.Module):
         head.load_state_dict(state["tensors"])
         return head.eval()
 
-    def save(self, folder: str | Path) -> None:
+    def save(self, folder: str | Path, card: dict | None = None) -> None:
+        """head.safetensors (weights, feature standardization) and head.json (config, bin edges) in
+        `folder` (created if needed); `card` (JSON-able), when given, goes to card.json beside them."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / "head.safetensors"))
         meta = {"config": asdict(self.config), "edges": list(self.bins.edges), "format": 1}
         (folder / "head.json").write_text(json.dumps(meta, indent=2))
+        if card is not None:
+            (folder / CARD).write_text(json.dumps(card, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path, expect_in_dim: int | None = None) -> SoftLabelHead:
@@ -205,3 +229,35 @@ class SoftLabelHead(nn.Module):
         head = cls(config, LengthBins(tuple(meta["edges"])))
         head.load_state_dict(load_file(str(folder / "head.safetensors")))
         return head.eval()
+
+
+def load_card(folder: str | Path) -> dict:
+    """The card.json of a saved head: what it was trained on. FileNotFoundError when the folder has
+    none (a head saved without a card), ValueError when it is not a JSON object."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: not a trained head folder (run `rollout-len forelen train`)")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: corrupt card ({err})") from None
+    if not isinstance(card, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return card
+
+
+def check_card(card: dict, expected: dict, where: str) -> None:
+    """Refuse a head whose card differs from `expected` (e.g. {"model", "layer", "in_dim"}) on any key:
+    ValueError naming every key that differs, with both values."""
+    differs = [f"{k}: the head's {card.get(k)!r}, {where}'s {v!r}" for k, v in expected.items() if card.get(k) != v]
+    if differs:
+        raise ValueError(f"the head does not fit {where}: " + "; ".join(differs))
+
+
+def layer_matches(card: dict, tap_layer: int) -> bool:
+    """Whether a tap layer (1..L, or negative from the end) is the card's `layer` (1..L). A negative
+    one can be matched only when the card gives the model's depth (`num_layers`)."""
+    if tap_layer > 0:
+        return tap_layer == card["layer"]
+    depth = card.get("num_layers")
+    return depth is not None and depth + 1 + tap_layer == card["layer"]

@@ -12,8 +12,10 @@
 
 With `use_ray=False` the workers live in this process and run one after another (tests, debugging;
 its times are not parallel). On a cluster, `ray_address` joins it; each worker takes
-`threads_per_worker` CPUs or `gpus_per_worker` GPUs. The PLP head is re-fit after every step
-from the finished samples (free labels) and sent to the workers with the next step's orders.
+`threads_per_worker` CPUs or `gpus_per_worker` GPUs. The PLP head starts from `head_path` (a head
+saved by `rollout-len forelen train`) or from nothing, and is re-fit online from the finished
+samples (free labels) in a background thread while the next step runs (docs/architecture.md,
+"Online re-fit"); `coord.wait_refit()` waits for it.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import math
 import re
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead, layer_matches, load_card
 from rollout_len.predictor.train import OnlineTrainer
 from rollout_len.rollout.worker import RolloutWorker
 from rollout_len.sample import Sample, SampleStatus
@@ -43,6 +46,8 @@ from rollout_len.sched.timeline import Timeline
 __all__ = ["RolloutConfig", "Coordinator", "StepFailed", "StepResult"]
 
 DTYPES = ("float32", "bfloat16", "float16")  # rollout_len.model.load_policy
+STEP_LOG_WINDOW = 20_000  # timed engine steps the cost model is refitted to (a few recent RL steps)
+FIT_MIN_STEPS = 64  # decode steps before the first refit (fewer cannot separate batch from context)
 
 
 @dataclass
@@ -59,8 +64,13 @@ class RolloutConfig:
     tap_layer: int = -1  # PLP reads this hidden layer (transformers numbering; -1 = final-normed)
     predictions: str = "model"  # "model" (PLP head), "oracle" (needs true lengths), "noise" (do-no-harm check)
     cost_profile: str | None = None  # YAML (see costmodel.py); None: the measured CPU profile shipped here
+    fit_cost_model: bool = True  # after each step, refit the cost model to the workers' own timed steps
     online_refit: bool = True
-    refit_epochs: int = 8
+    refit_steps: int = 64  # gradient steps per online re-fit (batches of 64 drawn from the replay buffer)
+    # 0: the next step waits for the re-fit before it starts (it ran during the trainer's update);
+    # 1: it runs during the next step, and the step after sends its head (see Coordinator._refit)
+    refit_lag: int = 0
+    head_path: str | None = None  # a head saved by `forelen train` to start from; None: fit from nothing
     seed: int = 0
     start_timeout_s: float = 600.0  # workers must have loaded the model by then (else an error, not a hang)
 
@@ -70,15 +80,17 @@ class RolloutConfig:
         def fail(name: str, what: str) -> None:
             raise ValueError(f"RolloutConfig.{name} must be {what}, got {getattr(self, name)!r}")
 
-        for name in ("num_workers", "slots_per_worker", "every", "threads_per_worker", "refit_epochs"):
+        for name in ("num_workers", "slots_per_worker", "every", "threads_per_worker", "refit_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 fail(name, "an int >= 1")
+        if self.refit_lag not in (0, 1) or isinstance(self.refit_lag, bool):
+            fail("refit_lag", "0 or 1")
         if not isinstance(self.tap_layer, int) or isinstance(self.tap_layer, bool) or self.tap_layer == 0:
             fail("tap_layer", "a non-zero int (decoder layer 1..L, or negative from the end)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             fail("seed", "an int in [0, 2**63)")
-        for name in ("use_ray", "online_refit"):
+        for name in ("use_ray", "online_refit", "fit_cost_model"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
         gpus = self.gpus_per_worker
@@ -100,6 +112,24 @@ class RolloutConfig:
                 CostModel.from_yaml(self.cost_profile)
             except (OSError, ValueError, TypeError) as err:
                 raise ValueError(f"RolloutConfig.cost_profile={self.cost_profile!r}: {err}") from err
+        if self.head_path is not None:
+            self._check_head()
+
+    def _check_head(self) -> None:
+        """head_path: a saved head whose tap layer is this config's (its feature size is checked on the
+        workers, which know the model's hidden size)."""
+        if not isinstance(self.head_path, str) or not self.head_path:
+            raise ValueError(f"RolloutConfig.head_path must be null or a folder, got {self.head_path!r}")
+        try:
+            card = load_card(self.head_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"RolloutConfig.head_path={self.head_path!r}: {err}") from err
+        if not layer_matches(card, self.tap_layer):
+            depth = f" of {card['num_layers']}" if card.get("num_layers") else " (its card does not give the depth)"
+            raise ValueError(
+                f"RolloutConfig.head_path={self.head_path!r}: the head reads layer {card['layer']}{depth} of "
+                f"{card['model']}, but RolloutConfig.tap_layer={self.tap_layer}: set tap_layer={card['layer']}"
+            )
 
     def cost_model(self) -> CostModel:
         """The scheduler's cost model: `cost_profile`, or the measured CPU profile shipped here."""
@@ -194,11 +224,17 @@ class Coordinator:
         self.model, self.config = model, config or RolloutConfig()
         c = self.config
         self.cost = c.cost_model()
+        self._step_log: deque = deque(maxlen=STEP_LOG_WINDOW)  # the workers' timed engine steps, newest last
         self.quality = PredictionQuality()
         self.prior = LengthPrior()  # the survival baseline, over the finished samples of every step
-        self.head: SoftLabelHead | None = None
+        self.head: SoftLabelHead | None = None  # trained in the background: read it after wait_refit()
         self.trainer: OnlineTrainer | None = None
-        self._head_state: dict | None = None
+        self._head_state: dict | None = None  # the head the next step sends to the workers
+        # One re-fit at a time, in a thread of its own with one intra-op thread (torch's count is per
+        # thread): a head this small gains nothing from more, and on busy cores loses ~10x with two.
+        self._refit_pool = ThreadPoolExecutor(1, "plp-refit", initializer=torch.set_num_threads, initargs=(1,))
+        self._refit_job: Future | None = None  # the re-fit in flight: (head state, seconds, examples used)
+        self._last_fit = (float("nan"), 0)  # (seconds, examples used) of the last re-fit that finished
         args = dict(
             model=model,
             slots=c.slots_per_worker,
@@ -234,6 +270,24 @@ class Coordinator:
             self.limits = self.workers[0].limits()
         self.steps = 0
         self.lost_workers = 0  # workers found dead (during or between steps), replaced by none
+        if c.head_path is not None:
+            self._start_from_head(c.head_path)
+
+    def _start_from_head(self, path: str) -> None:
+        """Load a saved head, install it on every worker (each checks the feature size against its
+        model's hidden size) and re-fit from it online. ValueError (workers shut down) when it does not fit."""
+        head = SoftLabelHead.load(path)
+        state = head.to_state()
+        try:
+            if self.config.use_ray:
+                self._on_every_worker("run", Orders(head_state=state))
+            else:
+                for w in self.workers:
+                    w.run(Orders(head_state=state))
+        except ValueError as err:
+            self.shutdown()
+            raise ValueError(f"RolloutConfig.head_path={path!r}: {err}") from None
+        self.head, self.trainer, self._head_state = head, self._online_trainer(head), state
 
     # ------------------------------------------------------------------ weights
 
@@ -343,6 +397,16 @@ class Coordinator:
         index = {s.sample_id: i for i, s in enumerate(samples)}
         work = [s.copy() for s in samples]  # the caller's objects are filled in only when the step succeeds
         seed = self.config.seed + self.steps
+        waited = time.perf_counter()
+        try:  # refit_lag 0: the last step's re-fit (it ran while the caller updated the policy) sends its head
+            if self.config.refit_lag == 0:
+                self.wait_refit()
+        except Exception as err:
+            raise StepFailed(
+                f"rollout step ({policy}): the predictor's online re-fit after the previous step failed: {err} "
+                "(the workers keep the previous head; nothing of this step ran)"
+            ) from err
+        waited = time.perf_counter() - waited
         manager = BucketManager(
             make_policy(policy),
             len(self.workers),
@@ -373,10 +437,13 @@ class Coordinator:
         wall = time.perf_counter() - start
         self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
         try:
-            refit_s = self._refit(manager) if self.config.online_refit and manager.predictions == "model" else 0.0
+            refit_s = waited + (
+                self._refit(manager) if self.config.online_refit and manager.predictions == "model" else 0.0
+            )
         except Exception as err:  # the engines are empty already; the previous head stays in use
             raise StepFailed(f"rollout step ({policy}): the predictor's online re-fit failed: {err}") from err
         self.steps += 1
+        self._fit_cost(timeline)
         done = {s.sample_id: s for s in manager.finished}
         for s in samples:
             f = done[s.sample_id]
@@ -384,6 +451,14 @@ class Coordinator:
         metrics = self._metrics(manager, timeline, wall, refit_s)
         plans = getattr(manager.policy, "plans", [])
         return StepResult(list(samples), metrics, timeline, policy, plans)
+
+    def _fit_cost(self, timeline: Timeline) -> None:
+        """Refit the cost model to the last STEP_LOG_WINDOW timed engine steps, once there are
+        FIT_MIN_STEPS: the planner and the floor then use the speed these workers actually run at
+        (threads, load, hardware) instead of a profile measured elsewhere."""
+        self._step_log.extend(row for chunk in timeline.chunks for row in chunk.step_log)
+        if self.config.fit_cost_model and sum(row[0] > 0 for row in self._step_log) >= FIT_MIN_STEPS:
+            self.cost = CostModel.from_step_log(list(self._step_log), name="live-fit")
 
     def _check_fits(self, samples: list[Sample]) -> None:
         """Refuse, before any worker starts, a sample the model cannot take (naming its index)."""
@@ -425,9 +500,20 @@ class Coordinator:
         self.workers = alive
 
     def _refit(self, manager: BucketManager) -> float:
+        """Start the online re-fit of the PLP head on this step's finished samples, in a background
+        thread; returns the seconds it held this step up (waiting for the previous one, adding examples).
+
+        NOTE: one re-fit runs at a time, and its cost is fixed (`refit_steps` batches, whatever the
+        replay buffer holds). Where its head goes out is fixed too, so a run does not depend on timing:
+        with `refit_lag` 0 the next step waits for it before sending orders (it ran while the caller
+        updated the policy: no wait when that takes longer than the fit); with 1 the next step runs
+        with the head before and waits for it at its end (it ran during that step), so the step after
+        sends it. `wait_refit()` makes the next step send it in either case.
+        """
         start = time.perf_counter()
+        self.wait_refit()
         if not manager.training:
-            return 0.0
+            return time.perf_counter() - start
         z = torch.cat([x for x, _ in manager.training])
         y = torch.cat([r for _, r in manager.training])
         if self.head is None or self.trainer is None:  # both or neither: a failed first fit starts over
@@ -436,20 +522,41 @@ class Coordinator:
                 HeadConfig(in_dim=z.shape[1], hidden_dim=64, dropout=0.2), LengthBins.log_spaced(budget, num_bins=20)
             )
             head.set_standardization(z)
-            trainer = OnlineTrainer(
-                head, buffer_size=8192, lr=1e-3, epochs=self.config.refit_epochs, seed=self.config.seed
-            )
-            self.head, self.trainer = head, trainer
+            self.head, self.trainer = head, self._online_trainer(head)
         self.trainer.add(z, y)
-        self.trainer.refit()
-        self._head_state = self.head.to_state()
+        self._refit_job = self._refit_pool.submit(self._fit, self.trainer)
         return time.perf_counter() - start
 
+    def _online_trainer(self, head: SoftLabelHead) -> OnlineTrainer:
+        return OnlineTrainer(head, buffer_size=8192, lr=1e-3, steps=self.config.refit_steps, seed=self.config.seed)
+
+    @staticmethod
+    def _fit(trainer: OnlineTrainer) -> tuple[dict, float, int]:
+        """In the re-fit thread: (the re-fit head's state, seconds, examples used)."""
+        start = time.perf_counter()
+        examples = trainer.refit()
+        return trainer.head.to_state(), time.perf_counter() - start, examples
+
+    def wait_refit(self) -> None:
+        """Wait for the online re-fit in flight (if any) and make its head the one the next step sends;
+        its error, if it failed, is raised here (the previous head stays)."""
+        job, self._refit_job = self._refit_job, None
+        if job is not None:
+            state, seconds, examples = job.result()
+            self._head_state, self._last_fit = state, (seconds, examples)
+
     def _metrics(self, manager: BucketManager, timeline: Timeline, wall: float, refit_s: float) -> dict[str, float]:
-        errors = []
-        for t in manager.samples.values():  # every prediction made in the step, scored on the true length
+        # Every prediction made in the step, scored on the true length, beside its baseline at the same t:
+        # the constant median at admission (t = 0), the survival prior in flight. The prior has seen
+        # this step's lengths by now, which can only flatter the baseline.
+        errors, scored = [], {"admission": ([], []), "inflight": ([], [])}
+        for t in manager.samples.values():
+            length, max_new = t.sample.num_output, t.sample.params.max_new_tokens
             for done, predicted in t.history:
-                errors.append(abs(predicted - (t.sample.num_output - done)))
+                errors.append(abs(predicted - (length - done)))
+                model, baseline = scored["admission" if done == 0 else "inflight"]
+                model.append(errors[-1])
+                baseline.append(abs(self.prior.baseline(done, max_new) - (length - done)))
         lengths = [s.num_output for s in manager.finished]
         busy = sum(w.busy_s for w in manager.workers)
         # The cost model's floor for these lengths on the workers left (bench rollout computes the same).
@@ -466,9 +573,17 @@ class Coordinator:
             "worker_idle_fraction": timeline.idle_fraction(),
             "predictor_mae": float(np.mean(errors)) if errors else float("nan"),
             "predictions": float(len(errors)),
+            "predictor_mae_admission": _mean(scored["admission"][0]),
+            "constant_mae_admission": _mean(scored["admission"][1]),
+            "predictor_mae_inflight": _mean(scored["inflight"][0]),
+            "survival_mae_inflight": _mean(scored["inflight"][1]),
+            **{f"cost_{k}": v for k, v in asdict(self.cost).items() if k != "name"},  # the model of this step
             "manager_overhead_fraction": manager.policy_s / max(wall, 1e-9),
             "plp_overhead_fraction": manager.plp_s / max(busy, 1e-9),
-            "refit_s": refit_s,
+            "refit_s": refit_s,  # the re-fit's time on this step's critical path (the fit runs in the background)
+            "refit_fit_s": self._last_fit[0],  # the last background re-fit that finished (NaN before any)
+            "refit_examples": float(self._last_fit[1]),  # examples it trained on (refit_steps x 64)
+            "refit_buffer": float(len(self.trainer) if self.trainer is not None else 0),  # replay buffer size
             "response_length_mean": float(np.mean(lengths)),
             "response_length_max": float(np.max(lengths)),
             "response_length_min": float(np.min(lengths)),
@@ -477,6 +592,7 @@ class Coordinator:
         }
 
     def shutdown(self) -> None:
+        self._refit_pool.shutdown(wait=True)  # a bounded fit: it ends soon, and no thread outlives us
         if self.config.use_ray:
             import ray
 
@@ -510,3 +626,7 @@ def _name_samples(message: str, index: dict[str, int]) -> str:
         lambda m: f"{m.group(0)} (sample {index[m.group(1)]})" if m.group(1) in index else m.group(0),
         message,
     )
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")

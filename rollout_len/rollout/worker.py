@@ -140,15 +140,30 @@ class RolloutWorker:
         if orders.score:
             plp_start = time.perf_counter()
             self._score(orders.score, report)
-            report.plp_s += time.perf_counter() - plp_start
+            report.score_s = time.perf_counter() - plp_start
+            report.plp_s += report.score_s
         for adm in orders.admit:
             self.engine.add(adm.sample)
             self._reported[adm.sample.sample_id] = adm.sample.num_output
             self._pending[adm.sample.sample_id] = adm
+        stats = self.engine.stats
         while report.steps < orders.max_steps and self.engine.has_unfinished():
+            context, before = (
+                self.engine.context_tokens,
+                (stats.decode_time_s, stats.prefill_tokens, stats.prefill_time_s),
+            )
             out = self.engine.step()
             report.steps += 1
             nd = out.num_decode_rows
+            report.step_log.append(
+                (
+                    nd + out.padded_tokens,
+                    context,
+                    stats.decode_time_s - before[0],
+                    stats.prefill_tokens - before[1],
+                    stats.prefill_time_s - before[2],
+                )
+            )
             if nd:
                 report.batch_sizes.append(nd + out.padded_tokens)
             report.decode_tokens += len(out.sample_ids)

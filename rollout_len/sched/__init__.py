@@ -1,6 +1,7 @@
 """The scheduler: decides where and when each sample of a rollout step decodes. Decide-only.
 
-    policies        the registry (pool, fcfs, static_padded, bucketed_padded, length_aware, oracle)
+    policies        the registry (pool, fcfs, static_padded, bucketed_padded, length_aware, oracle,
+                    april, length_aware_partial)
     bucket_manager  every sample's state; carries out a policy's decisions as per-worker Orders
     view            the read-only SchedulerView policies decide from
     predictions     length buckets, the constant prior, prediction-quality gate
@@ -10,6 +11,7 @@
     driver          the step loop over any Cluster (Ray, in-process, simulated)
     timeline        what happened in a step; Gantt charts
     simulator       simulated workers on a cost model and a length trace
+    partial         partial (stall-free) steps over many steps: quota of whole groups, carry-over, staleness
 
 No module here imports torch, transformers, Ray or the engine (a test checks it): the live rollout
 (rollout_len.rollout) and the simulator run these same objects.

@@ -10,6 +10,12 @@ admissions, migrations) and turns them into per-worker Orders.
     manager.submit(samples)                 # the caller's samples, with their ids and groups
     orders = manager.orders_for(worker_id, every=16)
     manager.apply(report, now)              # what the worker did with them
+
+A partial (stall-free) step (rollout_len.sched.partial) stops once enough groups are complete
+(`drive(..., until=...)`) and ends with `end_step(quota)`: the complete groups, returned whole,
+and every other sample with its tokens, to submit to the next step's manager. Each token is tagged
+with the policy version that produced it (the manager's `version`), so a returned sample carries
+its min/max version (verl's `min_global_steps` / `max_global_steps`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -29,7 +36,7 @@ from rollout_len.sched.policies import Policy
 from rollout_len.sched.predictions import PREDICTION_SOURCES, LengthPrior, PredictionQuality, bucket_of
 from rollout_len.sched.view import Migration
 
-__all__ = ["BucketManager", "Tracked", "WorkerState"]
+__all__ = ["BucketManager", "StepEnd", "Tagged", "Tracked", "WorkerState"]
 
 
 @dataclass
@@ -47,6 +54,7 @@ class Tracked:
     predicted_at: int = 0
     history: list[tuple[int, float]] = field(default_factory=list)  # (tokens done, predicted remaining)
     group_at_start: float | None = None  # its siblings' predicted total when it started (group probes)
+    versions: list[list[int]] = field(default_factory=list)  # [policy version, tokens] runs, oldest first
 
     @property
     def tokens_done(self) -> int:
@@ -80,6 +88,38 @@ class WorkerState:
         return [a.sample.sample_id for a in self.imports]
 
 
+@dataclass
+class Tagged:
+    """A sample with the policy version of each of its tokens, as runs of (version, tokens), oldest
+    first (they sum to `sample.num_output`). What a partial step returns and what it carries over."""
+
+    sample: Sample
+    versions: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def group(self) -> str:
+        return self.sample.group_id or self.sample.sample_id
+
+    @property
+    def min_version(self) -> int | None:
+        """The oldest version among its tokens (verl's `min_global_steps`); None without tokens."""
+        return self.versions[0][0] if self.versions else None
+
+    @property
+    def max_version(self) -> int | None:
+        """The newest version among its tokens (verl's `max_global_steps`); None without tokens."""
+        return self.versions[-1][0] if self.versions else None
+
+
+@dataclass
+class StepEnd:
+    """What `BucketManager.end_step` hands back."""
+
+    groups: dict[str, list[Tagged]]  # complete groups to train on, whole, in completion order
+    carried: list[Tagged]  # everything else: unfinished samples with their tokens (WAITING), the
+    # finished samples of incomplete groups, complete groups beyond the quota; in submission order
+
+
 class BucketManager:
     def __init__(
         self,
@@ -93,6 +133,7 @@ class BucketManager:
         head_state: dict | None = None,
         seed: int = 0,
         prior: LengthPrior | None = None,
+        version: int = 0,
     ):
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -116,6 +157,7 @@ class BucketManager:
         self.prompt_features: dict[str, object] = {}  # prompt key -> (d,) tensor
         self.finished: list[Sample] = []
         self.to_score: list[PromptScore] = []
+        self._scoring: dict[int, list[PromptScore]] = {}  # worker -> the prompts it is scoring now
         self.head_state = head_state  # sent once to every worker
         self._head_sent: set[int] = set()
         self.migrations = 0  # completed (exported and handed to the destination)
@@ -130,6 +172,9 @@ class BucketManager:
         self._by_prompt: dict[str, list[str]] = {}  # prompt key -> sample ids
         self._mean_context: float | None = None
         self._group_cache: dict[str, float | None] = {}  # prompt key -> group_estimate
+        self.version = version  # the policy version (trainer step) of the weights this step decodes with
+        self._group_left: dict[str, int] = {}  # group id -> samples not finished
+        self.complete_groups: list[str] = []  # every sample finished, in completion order
 
     # ------------------------------------------------------------------ the SchedulerView
 
@@ -240,10 +285,16 @@ class BucketManager:
 
     # ------------------------------------------------------------------ events
 
-    def submit(self, samples: list[Sample]) -> None:
+    def submit(self, samples: list[Sample], versions: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> None:
         """Add the step's samples (once per step). Ids must be unique; `group_id` ties the samples
         of one prompt (None: the sample is its own group). A group whose samples do not share one
-        prompt (verl pads validation batches with other rows' uids) scores each sample's own prompt."""
+        prompt (verl pads validation batches with other rows' uids) scores each sample's own prompt.
+
+        Samples carried over from an earlier partial step may hold tokens (they resume: a worker
+        re-prefills prompt + tokens) or be finished already (the done siblings of an incomplete
+        group: they wait for it); `versions` gives their tokens' (version, tokens) runs (tokens
+        without one count as this step's `version`). Samples holding tokens are admitted first, then
+        the other samples of their groups, then new groups."""
         if self._samples:
             raise RuntimeError("BucketManager.submit takes a step's samples once; make a new manager per step")
         if not samples:
@@ -258,6 +309,14 @@ class BucketManager:
                 f"sample {clash[0]!r} has no group, and another sample's group is also called {clash[0]!r}: "
                 "a sample without a group is its own group, named by its id, so the two would merge"
             )
+        versions = versions or {}
+        for s in samples:
+            runs = versions.get(s.sample_id, ())
+            if sum(n for _, n in runs) > s.num_output or any(n < 1 for _, n in runs):
+                raise ValueError(
+                    f"sample {s.sample_id!r}: version runs {list(runs)} must be positive and cover at most its "
+                    f"{s.num_output} tokens"
+                )
         if self.predictions == "oracle":
             missing = [s.sample_id for s in samples if s.sample_id not in self.true_lengths]
             if missing:
@@ -275,23 +334,38 @@ class BucketManager:
             members = self.groups.setdefault(group, [])
             # Prompt keys live in two name spaces, so a sample id never meets a group id.
             key = f"g:{group}" if len(prompts[group]) == 1 else f"s:{s.sample_id}"
-            self._samples[s.sample_id] = Tracked(
-                s, arrival=len(self._samples), prompt_key=key, rank_in_group=len(members)
-            )
+            t = Tracked(s, arrival=len(self._samples), prompt_key=key, rank_in_group=len(members))
+            t.versions = [list(run) for run in versions.get(s.sample_id, ())]
+            untagged = s.num_output - sum(n for _, n in t.versions)
+            if untagged:
+                t.versions.append([self.version, untagged])
+            self._samples[s.sample_id] = t
             members.append(s.sample_id)
             self._by_prompt.setdefault(key, []).append(s.sample_id)
+            self._group_left[group] = self._group_left.get(group, 0) + 1
+        for s in samples:
+            if s.status.is_finished:  # a done sibling waiting for its group: counted, not run
+                self._count_finished(self._samples[s.sample_id])
+        waiting = [s for s in samples if not s.status.is_finished]
         if self.predictions == "model" and self.policy.uses_predictions:
             first = {}
-            for s in samples:
+            for s in waiting:
                 first.setdefault(self._samples[s.sample_id].prompt_key, s)
             self.to_score.extend(
                 PromptScore(key, s.prompt_ids, s.params.max_new_tokens, s.group_id or s.sample_id)
                 for key, s in first.items()
             )
-        ids = sorted(
-            (s.sample_id for s in samples),
-            key=lambda sid: (self._samples[sid].rank_in_group, self._samples[sid].arrival),
-        )
+        # Samples that resume (they hold tokens, which age with every step) first, then the rest of
+        # their groups, then new groups: by default first samples of every group first; a group-major
+        # policy takes whole groups in arrival order (groups complete in the order they started).
+        carried = {s.group_id or s.sample_id for s in samples if s.num_output or s.status.is_finished}
+
+        def rank(sid: str) -> tuple[int, int, int]:
+            t = self._samples[sid]
+            tier = 0 if t.tokens_done else 1 if (t.sample.group_id or sid) in carried else 2
+            return tier, 0 if self.policy.group_major else t.rank_in_group, t.arrival
+
+        ids = sorted((s.sample_id for s in waiting), key=rank)
         self._pool.update(dict.fromkeys(ids))
         self._place(ids)
 
@@ -312,10 +386,11 @@ class BucketManager:
         if worker_id not in self._head_sent and self.head_state is not None:
             orders.head_state = self.head_state
             self._head_sent.add(worker_id)
-        if self.to_score and worker_id == self._scoring_worker():
+        if self.to_score and self._scores_here(w):
             # Scoring is split across workers: each takes a share of the prompts.
             share = math.ceil(len(self.to_score) / len(self.alive_workers()))
             orders.score, self.to_score = self.to_score[:share], self.to_score[share:]
+            self._scoring[worker_id] = orders.score
         orders.export, w.exports = w.exports, []
         for sid in orders.export:
             w.running.pop(sid, None)
@@ -330,7 +405,11 @@ class BucketManager:
             # the workers' turns (a share of what is *left* would shrink, leaving the last ones short).
             load = len(self._pool) + sum(o.committed for o in alive)
             free = min(free, max(0, math.ceil(load / len(alive)) - w.committed))
-        if free > 0:
+        # Admission waits for the step's prompt scores (one batched prefill of the prompts, a small
+        # share of a step): they rank the first fill, which would otherwise go out blind, and a sample
+        # admitted without its prompt's feature is never tracked by PLP (no in-flight predictions).
+        scoring = bool(self.to_score or self._scoring)
+        if free > 0 and not scoring:
             for sid in self.policy.admit(self, w, free):
                 self._take(sid)
                 self._start(sid, w)
@@ -342,9 +421,11 @@ class BucketManager:
             return None
         return orders
 
-    def _scoring_worker(self) -> int:
-        alive = self.alive_workers()
-        return min(alive, key=lambda w: len(w.running)).worker_id
+    def _scores_here(self, w: WorkerState) -> bool:
+        """Does `w` take a share of the prompts to score? When it is among the least busy workers not
+        scoring already (each takes a share, so they score in parallel)."""
+        free = [o for o in self.alive_workers() if o.worker_id not in self._scoring]
+        return w in free and len(w.running) == min(len(o.running) for o in free)
 
     def _take(self, sample_id: str) -> None:
         t = self._samples[sample_id]
@@ -371,6 +452,7 @@ class BucketManager:
         self.plp_s += report.plp_s
         self.decode_tokens += report.decode_tokens
         self.padded_tokens += report.padded_tokens
+        self._scoring.pop(report.worker_id, None)
         for key, (feature, predicted) in report.scores.items():
             self.prompt_features[key] = feature
             for sid in self._by_prompt.get(key, ()):
@@ -381,6 +463,11 @@ class BucketManager:
             t = self._samples[sid]
             t.sample.output_ids.extend(p.new_tokens)
             t.sample.logprobs.extend(p.new_logprobs)
+            if p.new_tokens:
+                if t.versions and t.versions[-1][0] == self.version:
+                    t.versions[-1][1] += len(p.new_tokens)
+                else:
+                    t.versions.append([self.version, len(p.new_tokens)])
             t.sample.rng_state = p.rng_state
             if p.predicted_remaining is not None:
                 self._predict(t, p.predicted_remaining)
@@ -450,12 +537,41 @@ class BucketManager:
         if t.group_at_start is not None:
             self.quality.record("group", t.group_at_start, length, self.prior.baseline(0, max_new))
         self.prior.observe(length)
+        self._count_finished(t)
+
+    def _count_finished(self, t: Tracked) -> None:
         self.finished.append(t.sample)
+        group = t.sample.group_id or t.sample.sample_id
+        self._group_left[group] -= 1
+        if not self._group_left[group]:
+            self.complete_groups.append(group)
+
+    def end_step(self, quota: int | None = None) -> StepEnd:
+        """End a (partial) step after `drive` returned: the first `quota` complete groups (all of
+        them when None), each whole, and every other sample as a copy to submit to the next step's
+        manager (unfinished ones WAITING, with their tokens, log-probs, RNG state and version runs).
+        Call once, at the step's end; the manager is spent after it."""
+        if quota is not None and quota < 0:
+            raise ValueError(f"quota (complete groups to return) must be >= 0, got {quota}")
+        taken = self.complete_groups[:quota] if quota is not None else list(self.complete_groups)
+        groups: dict[str, list[Tagged]] = {g: [] for g in taken}
+        carried = []
+        for t in sorted(self._samples.values(), key=lambda t: t.arrival):
+            tagged = Tagged(t.sample.copy(), tuple((v, n) for v, n in t.versions))
+            group = tagged.group
+            if group in groups:
+                groups[group].append(tagged)
+                continue
+            if not tagged.sample.status.is_finished:
+                tagged.sample.status = SampleStatus.WAITING
+            carried.append(tagged)
+        return StepEnd(groups, carried)
 
     def worker_died(self, worker_id: int) -> list[str]:
         """Resume a dead worker's samples elsewhere from their last reported tokens."""
         w = self.workers[worker_id]
         w.alive = False
+        self.to_score = self._scoring.pop(worker_id, []) + self.to_score  # its prompts are scored elsewhere
         if not self.alive_workers():
             raise RuntimeError("every rollout worker is dead; cannot finish the step")
         lost = sorted({*w.running, *w.queue, *w.importing()}, key=lambda sid: self._samples[sid].arrival)

@@ -1,8 +1,9 @@
 """The step loop shared by the live rollout and the simulator.
 
-    while samples remain:
+    while samples remain (and the stop condition, if any, does not hold):
         every idle worker with work gets its next Orders from the manager;
         wait for any worker's Report (or its death) and hand it to the manager.
+    once it holds: no more orders; the chunks in flight are waited for and applied.
 
 A `Cluster` is anything with `submit(worker_id, orders)`, `wait_any()` and `now()`: Ray actors or
 in-process workers (rollout_len.rollout.coordinator) or simulated workers (rollout_len.sched.simulator).
@@ -10,6 +11,7 @@ in-process workers (rollout_len.rollout.coordinator) or simulated workers (rollo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -31,16 +33,28 @@ class Cluster(Protocol):
     def now(self) -> float: ...
 
 
-def drive(manager: BucketManager, cluster: Cluster, every: int) -> Timeline:
-    """Run one step to completion; returns its timeline (times from the step's start)."""
+def drive(
+    manager: BucketManager, cluster: Cluster, every: int, until: Callable[[BucketManager], bool] | None = None
+) -> Timeline:
+    """Run one step; returns its timeline (times from the step's start).
+
+    Without `until` the step runs until every sample has finished (a synchronous step). With it,
+    the step stops once `until(manager)` holds, checked at the start and after every report (a
+    partial step, e.g. `lambda m: len(m.complete_groups) >= quota`: rollout_len.sched.partial):
+    no worker gets new orders, and the chunks already sent are waited for and applied, so the step
+    ends at each busy worker's next chunk boundary (at most k decode steps) and the manager holds
+    every unfinished sample's tokens for `BucketManager.end_step`."""
     if every < 1:
         raise ValueError(f"k (PLP interval, decode steps per chunk) must be >= 1, got {every}")
     timeline = Timeline(len(manager.workers))
     t0 = cluster.now()
     outstanding: set[int] = set()
     logged = 0
+    stopped = until is not None and until(manager)
     while not manager.done():
-        for w in manager.alive_workers():
+        if stopped and not outstanding:
+            break
+        for w in [] if stopped else manager.alive_workers():
             if w.worker_id not in outstanding:
                 orders = manager.orders_for(w.worker_id, every)
                 if orders is not None:
@@ -58,9 +72,12 @@ def drive(manager: BucketManager, cluster: Cluster, every: int) -> Timeline:
         result.worker_id = worker_id  # the cluster's index (a worker's own id may predate a restart)
         manager.apply(result, received - t0)
         mean_batch = float(np.mean(result.batch_sizes)) if result.batch_sizes else 0.0
-        timeline.chunks.append(Chunk(worker_id, sent - t0, received - t0, result.busy_s, mean_batch))
+        timeline.chunks.append(
+            Chunk(worker_id, sent - t0, received - t0, result.busy_s, mean_batch, result.score_s, result.step_log)
+        )
         for sid, src, dst in manager.migration_log[logged:]:
             timeline.migrations.append((received - t0, sid, src, dst))
         logged = len(manager.migration_log)
+        stopped = stopped or (until is not None and until(manager))
     timeline.end_s = cluster.now() - t0
     return timeline

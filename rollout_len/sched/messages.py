@@ -66,7 +66,11 @@ class Report:
     worker_id: int
     steps: int = 0
     busy_s: float = 0.0  # compute time of this chunk (decode + prefill + PLP)
-    plp_s: float = 0.0  # of which the predictor
+    plp_s: float = 0.0  # of which the predictor (prompt scoring included)
+    score_s: float = 0.0  # of which prompt scoring (EGTP features and t = 0 predictions)
+    # one row per engine step: (decode rows, their context tokens, decode s, prefill tokens, prefill s);
+    # what `bench rollout` fits the cost model to, under the live workers' own threads and load
+    step_log: list[tuple[int, int, float, int, float]] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)  # per decode step
     padded_tokens: int = 0
     decode_tokens: int = 0

@@ -19,6 +19,9 @@ returns three kinds of decision, which the manager carries out:
                    re-prefill. Untrusted sources never enter (SchedulerView.predicted_remaining)
     oracle         length_aware fed exact lengths (from a recorded trace): the bound on what a perfect
                    predictor could do through the same planner
+    april          partial steps without prediction (APRIL): shared pool, whole groups in arrival order
+    length_aware_partial  partial steps: resuming samples first, then longest predicted first, dealt
+                   across the workers filling at once (rollout_len.sched.partial)
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Policy:
     static_batches = False  # workers run padded static batches
     prediction_source = "model"  # "oracle": the manager feeds true lengths
     uses_predictions = True  # False: no prompt scoring, no PLP (length-blind costs nothing extra)
+    group_major = False  # pool order: whole groups in arrival order (True) or first samples of every group first
 
     def place(self, m: SchedulerView, sample_ids: list[str]) -> dict[str, int]:
         """Default: samples wait in the shared pool, for whichever worker frees a slot."""
@@ -80,6 +84,16 @@ class Pool(Policy):
     binding). The baseline a length-aware policy must beat."""
 
     uses_predictions = False
+
+
+@register_policy("april")
+class April(Pool):
+    """APRIL-style partial rollouts without prediction (Active Partial Rollouts, in slime): whole
+    groups admitted in arrival order (carried groups first: the manager ranks them), so groups
+    complete in the order they started; the over-provisioning and the stop at the quota are the
+    partial step's (rollout_len.sched.partial)."""
+
+    group_major = True
 
 
 @register_policy("fcfs")
@@ -277,3 +291,57 @@ class LengthAware(Policy):
 @register_policy("oracle")
 class Oracle(LengthAware):
     prediction_source = "oracle"
+
+
+@register_policy("length_aware_partial")
+class LengthAwarePartial(Policy):
+    """Partial rollouts with length predictions (rollout_len.sched.partial).
+
+    NOTE: in a partial step nothing waits for the tail; what costs is a sample that cannot end
+    within the staleness bound (its group, finished siblings too, is restarted or dropped). So the
+    longest work starts first and runs fast: samples that resume (their tokens age) first, then
+    the rest, each by longest predicted remaining length (in-flight predictions, the prompt's for
+    samples not started) where those predictions have earned trust, else in arrival order, whole
+    groups together (as `april`). While several workers fill at once (a step's start), each takes
+    every k-th sample of that order (LPT dealing), so the long samples spread across workers: a
+    decode step's cost grows with the context it attends to, and a worker full of long samples
+    decodes each of them slower. (Consolidating them on dedicated workers, as Laminar and
+    RollPacker do, pays where a step's cost grows with the batch; on a cost model where the
+    context term dominates it does not: see docs/results/rollout-partial.md.)"""
+
+    group_major = True
+
+    def __init__(self):
+        self._order: list[str] = []
+        self._cursor = 0
+        self._sorted_size = -1
+
+    def _pool_order(self, m: SchedulerView) -> list[str]:
+        """The pool, resuming samples first, then longest predicted first (stable): sorted once per
+        step and whenever the pool grew (a sample came back), then consumed through a cursor."""
+        if len(m.pool) > self._sorted_size:
+            rank = {sid: i for i, sid in enumerate(m.pool)}
+            admission = m.trusted("admission")
+
+            def key(sid: str) -> tuple[bool, float, int]:
+                started = m.samples[sid].sample.num_output > 0
+                known = m.trusted("inflight") if started else admission
+                return not started, -m.predicted_remaining(sid) if known else 0.0, rank[sid]
+
+            self._order = sorted(m.pool, key=key)
+            self._cursor = 0
+        while self._cursor < len(self._order) and self._order[self._cursor] not in m.pool:
+            self._cursor += 1
+        self._sorted_size = len(m.pool)
+        return self._order
+
+    def admit(self, m, w, free):
+        order = self._pool_order(m)
+        stride = max(sum(1 for o in m.alive_workers() if o.committed < o.slots), 1)
+        picked: list[str] = []
+        for sid in islice(order, self._cursor, None):
+            if len(picked) >= free * stride:
+                break
+            if sid in m.pool:
+                picked.append(sid)
+        return picked[::stride][:free]

@@ -14,6 +14,8 @@ class Chunk:
     end_s: float
     busy_s: float
     mean_batch: float
+    score_s: float = 0.0  # prompt scoring, within busy_s
+    step_log: list = field(default_factory=list)  # Report.step_log (not kept by to_dict)
 
 
 @dataclass

@@ -219,7 +219,9 @@ class LengthAwareRollout:
                 batches with meta_info["validate"] are greedy.
             policy: the default scheduling policy (a name in rollout_len.sched.policies.POLICIES).
             hf_model_type: the model's `config.model_type`, which picks verl's token builder.
-            settings: fields of `rollout_len.rollout.coordinator.RolloutConfig` (unknown ones raise ValueError).
+            settings: fields of `rollout_len.rollout.coordinator.RolloutConfig` (unknown ones raise ValueError),
+                e.g. {"head_path": "heads/rl"} to start the length predictor from a head saved by
+                `rollout-len forelen train` (made absolute here) and keep re-fitting it online.
 
         The Coordinator runs as the named Ray actor that verl's weight receivers look for (one at a time;
         Ray starts locally if it is not running). Raises ValueError for an unknown policy or setting.

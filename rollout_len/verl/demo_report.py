@@ -1,9 +1,12 @@
-"""The GRPO demo's outputs (recipes/grpo_demo): summary rows and table, PNG charts, responses, wandb.
+"""The GRPO demo's outputs (recipes/grpo_demo): summary rows and table, the simulator replay of each
+step, PNG charts, the HTML report, responses, wandb.
 
 A step's result, as `GRPODemo.train_step` returns it: {"metrics": {verl's metric names and
 rollout_len/*}, "timelines": {policy: Timeline}, "first": the policy that ran first,
-"step_fcfs_s": the GRPO step time with the fcfs rollout, "responses": [{"uid", "response", "length",
-"gsm8k", "reward"}]}.
+"step_fcfs_s": the GRPO step time with the fcfs rollout, "lengths": response lengths (tokens) per
+prompt group, "sim": `SimReplay.step`'s figures, "responses": [{"uid", "response", "length",
+"correct", "reward"}]}. The run's figures over steps (`measured`: median saving and its interval,
+oracle saving, reward slope, ...) come from the recipe's `measure`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rollout_len.rollout.coordinator import RolloutConfig
+from rollout_len.sched.costmodel import CostModel
+from rollout_len.sched.predictions import LengthPrior, PredictionQuality
+from rollout_len.sched.simulator import floor_s, simulate
 from rollout_len.sched.timeline import Timeline, plot_timelines
 from rollout_len.verl.agent_loop import RESULT_KEY
+from rollout_len.verl.html_report import write_report
 
 __all__ = [
     "comparison_metrics",
     "timelines",
+    "group_lengths",
+    "SimReplay",
+    "slope_ci",
     "response_records",
     "summary_row",
     "setup_line",
@@ -31,8 +43,25 @@ __all__ = [
     "write_step",
     "start_wandb",
     "log_step",
+    "log_panels",
     "write_summary",
 ]
+
+
+PREDICTOR_METRICS = (
+    "predictor_mae_inflight",
+    "survival_mae_inflight",
+    "predictor_mae_admission",
+    "constant_mae_admission",
+)
+
+
+def step_cost_model(metrics: dict[str, float]) -> CostModel:
+    """The cost model a live step ran with (the Coordinator's `cost_*` step metrics: refitted to the
+    workers' own timed steps), so a replay runs at the speed the live step ran."""
+    return CostModel(
+        **{f.name: metrics[f"cost_{f.name}"] for f in fields(CostModel) if f.name != "name"}, name="live-fit"
+    )
 
 
 def comparison_metrics(aware, fcfs, timing: dict[str, float]) -> dict[str, float]:
@@ -54,6 +83,10 @@ def comparison_metrics(aware, fcfs, timing: dict[str, float]) -> dict[str, float
         "rollout_len/saving_vs_fcfs": 1.0 - timing["gen"] / timing["gen_fcfs"],
         "rollout_len/grpo_step_saving_vs_fcfs": 1.0 - timing["step"] / step_fcfs,
         "rollout_len/predictor_mae": la["predictor_mae"],
+        # in flight beside the survival baseline at the same t; at admission beside the constant median
+        **{f"rollout_len/{k}": la[k] for k in PREDICTOR_METRICS},
+        "rollout_len/floor_s": la["floor_s"],
+        "rollout_len/ratio_to_floor": la["ratio_to_floor"],
         "rollout_len/padding_fraction": la["padded_fraction"],
         "rollout_len/migrations": la["migrations"],
         "rollout_len/worker_idle_fraction": la["worker_idle_fraction"],
@@ -72,12 +105,84 @@ def timelines(aware, fcfs) -> dict[str, Timeline]:
     }
 
 
+def group_lengths(data) -> list[list[int]]:
+    """Response lengths (tokens) of a rollout output, grouped by `uid` in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for uid, n in zip(data.non_tensor_batch["uid"], data.batch["response_mask"].sum(dim=-1).tolist()):
+        groups.setdefault(str(uid), []).append(int(n))
+    return list(groups.values())
+
+
+class SimReplay:
+    """The simulator's replay of each live step's recorded lengths, on the rollout's workers, slots,
+    chunk size, prediction source and cost model (`rollout_len.sched.simulator.simulate`): a
+    twin of the live comparison free of timing noise, with the `oracle` (exact lengths) and the prediction-free
+    shared `pool` beside fcfs and length_aware. The length_aware replay carries its
+    predictor-quality window and survival prior from step to step, as the live Coordinator does.
+    """
+
+    POLICIES = ("fcfs", "pool", "length_aware", "oracle")
+
+    def __init__(self, config: RolloutConfig, max_new_tokens: int):
+        self.config, self.cost, self.max_new_tokens = config, config.cost_model(), max_new_tokens
+        self.quality, self.prior = PredictionQuality(), LengthPrior()
+
+    def step(self, groups: list[list[int]], prompt_tokens: int, seed: int, cost: CostModel | None = None) -> dict:
+        """One step's replay: {"sim_s": {policy: simulated step time, s}, "sim_floor_s": the cost model's
+        physical floor of these lengths, "sim_saving" and "oracle_saving": 1 - policy / fcfs of
+        length_aware and the oracle, "sim_oracle_gain_share": (fcfs - length_aware) / (fcfs - oracle),
+        None when the oracle gains nothing}. `prompt_tokens`: the step's mean prompt length; `cost`: the
+        live step's cost model (`step_cost_model`), else the configured profile."""
+        c, cost = self.config, cost or self.cost
+        args = dict(
+            num_workers=c.num_workers,
+            slots=c.slots_per_worker,
+            cost=cost,
+            max_new_tokens=self.max_new_tokens,
+            prompt_tokens=prompt_tokens,
+            every=c.every,
+            predictions=c.predictions,
+            seed=seed,
+        )
+        carried = {"length_aware": {"quality": self.quality, "prior": self.prior}}
+        sim = {p: simulate(p, groups, **args, **carried.get(p, {})).step_time_s for p in self.POLICIES}
+        lengths = [x for g in groups for x in g]
+        gain = sim["fcfs"] - sim["oracle"]
+        return {
+            "sim_s": sim,
+            "sim_floor_s": floor_s(lengths, c.num_workers, c.slots_per_worker, cost, prompt_tokens),
+            "sim_saving": 1.0 - sim["length_aware"] / sim["fcfs"],
+            "oracle_saving": 1.0 - sim["oracle"] / sim["fcfs"],
+            "sim_oracle_gain_share": (sim["fcfs"] - sim["length_aware"]) / gain if gain > 0 else None,
+        }
+
+
+def slope_ci(
+    x: list[float], y: list[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float | None, list[float] | None]:
+    """Least-squares slope of y over x (units of y per unit of x) and its percentile bootstrap interval
+    (the (x, y) pairs resampled with replacement; resamples whose x are all equal, which have no
+    slope, are left out). (None, None) with fewer than two distinct x."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if np.unique(x).size < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, x.size, size=(resamples, x.size))
+    xs, ys = x[picks], y[picks]
+    xc = xs - xs.mean(axis=1, keepdims=True)
+    var = (xc**2).sum(axis=1)
+    slopes = (xc * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1)[var > 0] / var[var > 0]
+    tail = 50 * (1 - level)
+    lo, hi = np.percentile(slopes, [tail, 100 - tail])
+    return float(np.polyfit(x, y, 1)[0]), [float(lo), float(hi)]
+
+
 def response_records(data, details: list[dict]) -> list[dict]:
-    """One `responses.jsonl` record per row: {"uid", "response" (text), "length" (tokens), "gsm8k", "reward"};
-    `details` as `rollout_len.verl.reward.score_batch` returns them."""
+    """One `responses.jsonl` record per row: {"uid", "response" (text), "length" (tokens), "correct" (the
+    answer checker's score), "reward"}; `details` as `rollout_len.verl.reward.score_batch` returns them."""
     lengths = data.batch["response_mask"].sum(dim=-1).tolist()
     return [
-        {"uid": str(uid), "response": d["response"], "length": int(n), "gsm8k": d["acc"], "reward": d["reward"]}
+        {"uid": str(uid), "response": d["response"], "length": int(n), "correct": d["acc"], "reward": d["reward"]}
         for uid, d, n in zip(data.non_tensor_batch["uid"], details, lengths)
     ]
 
@@ -87,17 +192,31 @@ def _finite(value: float | None) -> float | None:
 
 
 def summary_row(step: int, result: dict) -> dict:
-    """One `summary.json` row of a step: times in seconds, savings as fractions (1 - aware / fcfs)."""
-    m = result["metrics"]
+    """One `summary.json` row of a step: times in seconds, savings as fractions (1 - aware / fcfs), the
+    simulator replay (`SimReplay.step`), lengths per group and both timelines (`Timeline.to_dict`).
+
+    `oracle_gain_share` is the live saving over the replay's oracle saving (None when the oracle
+    gains nothing); `predictor_mae` the in-flight (t > 0) predictor's mean absolute error in tokens and
+    `survival_mae` the survival baseline's on the same predictions (None before the first re-fit);
+    `predictor_mae_admission` / `constant_mae_admission` the same at t = 0 against the constant median."""
+    m, sim = result["metrics"], result["sim"]
     return {
         "step": step,
         "step_time_s": m["timing_s/step"],
         "rollout_time_s": m["timing_s/gen"],
         "fcfs_rollout_time_s": m["timing_s/gen_fcfs"],
-        "saving": m["rollout_len/saving_vs_fcfs"],
+        "saving": (saving := m["rollout_len/saving_vs_fcfs"]),
+        **sim,
+        "oracle_gain_share": saving / sim["oracle_saving"] if sim["oracle_saving"] > 0 else None,
+        "floor_s": m["rollout_len/floor_s"],
+        "ratio_to_floor": m["rollout_len/ratio_to_floor"],
+        "sim_ratio_to_floor": sim["sim_s"]["length_aware"] / sim["sim_floor_s"],
         "reward_mean": m["critic/score/mean"],
-        "gsm8k_mean": m["reward/gsm8k_mean"],
-        "predictor_mae": _finite(m["rollout_len/predictor_mae"]),  # None (JSON null) before the first re-fit
+        "correct_mean": m["reward/correct_mean"],
+        "predictor_mae": _finite(m["rollout_len/predictor_mae_inflight"]),
+        "survival_mae": _finite(m["rollout_len/survival_mae_inflight"]),
+        "predictor_mae_admission": _finite(m["rollout_len/predictor_mae_admission"]),
+        "constant_mae_admission": _finite(m["rollout_len/constant_mae_admission"]),
         "fcfs_step_time_s": result["step_fcfs_s"],
         "step_saving": m["rollout_len/grpo_step_saving_vs_fcfs"],
         "first_rollout": result["first"],
@@ -111,42 +230,65 @@ def summary_row(step: int, result: dict) -> dict:
         "param_update_norm": m["actor/param_update_norm"],
         "sync_max_logit_diff": m["rollout_len/sync_max_logit_diff"],
         "load_average": m["system/load_average"],
+        "lengths": result["lengths"],
+        "timelines": {name: t.to_dict() for name, t in result["timelines"].items()},
     }
 
 
 def setup_line(cfg: dict) -> str:
-    """The console line before setup: model, workers, prompts and samples per step."""
+    """The console line before setup: model, workers, task, prompts and samples per step."""
     return (
         f"setting up: {cfg['model']}, {cfg['num_workers']} rollout workers x {cfg['slots_per_worker']} slots, "
-        f"{cfg['prompts_per_step']} GSM8K prompts x {cfg['samples_per_prompt']} samples per step"
+        f"{cfg['steps']} steps of {cfg['prompts_per_step']} {cfg['task']} prompts x {cfg['samples_per_prompt']} "
+        f"samples, at most {cfg['max_new_tokens']} new tokens, temperature {cfg['temperature']}"
     )
 
 
-def step_line(row: dict, metrics: dict) -> str:
-    """The console line of a step, from its summary row and metrics."""
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _interval(values: list[float] | None) -> str:
+    return "-" if values is None else f"[{values[0]:+.1%}, {values[1]:+.1%}]"
+
+
+def step_line(row: dict, metrics: dict, measured: dict) -> str:
+    """The console line of a step, from its summary row, metrics and the run's figures so far."""
     return (
         f"step {row['step']}: rollout {row['rollout_time_s']:.1f} s vs fcfs {row['fcfs_rollout_time_s']:.1f} s "
-        f"({row['saving']:+.1%}, {row['first_rollout']} first), "
-        f"update_actor {metrics['timing_s/update_actor']:.1f} s, "
-        f"update_weights {metrics['timing_s/update_weights']:.1f} s, step {row['step_time_s']:.1f} s, "
-        f"reward {row['reward_mean']:.3f}, mean length {row['response_length_mean']:.0f}"
+        f"({row['saving']:+.1%}, {row['first_rollout']} first; sim {row['sim_saving']:+.1%}, "
+        f"oracle {row['oracle_saving']:+.1%}), update_actor {metrics['timing_s/update_actor']:.1f} s, "
+        f"update_weights {metrics['timing_s/update_weights']:.1f} s, reward {row['reward_mean']:.3f}, "
+        f"mean length {row['response_length_mean']:.0f}; median saving so far {measured['median_saving']:+.1%} "
+        f"{_interval(measured['saving_ci95'])}"
     )
 
 
-def format_table(rows: list[dict]) -> str:
-    """The console table of summary rows, with the median rollout saving."""
+def format_table(rows: list[dict], measured: dict) -> str:
+    """The console table of summary rows, then the run's figures with their 95% intervals."""
     header = (
-        f"{'step':>4} {'step s':>8} {'rollout s':>10} {'fcfs rollout s':>15} {'saving':>7} {'reward':>7} "
-        f"{'predictor MAE':>14}"
+        f"{'step':>4} {'rollout s':>10} {'fcfs s':>7} {'saving':>7} {'sim':>7} {'oracle':>7} {'share':>7} "
+        f"{'live/floor':>10} {'reward':>7} {'pred MAE':>9}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         mae = "-" if r["predictor_mae"] is None else f"{r['predictor_mae']:.1f}"
+        share = "-" if r["oracle_gain_share"] is None else f"{r['oracle_gain_share']:.2f}"
         lines.append(
-            f"{r['step']:>4} {r['step_time_s']:>8.1f} {r['rollout_time_s']:>10.1f} "
-            f"{r['fcfs_rollout_time_s']:>15.1f} {r['saving']:>7.1%} {r['reward_mean']:>7.3f} {mae:>14}"
+            f"{r['step']:>4} {r['rollout_time_s']:>10.1f} {r['fcfs_rollout_time_s']:>7.1f} {r['saving']:>+7.1%} "
+            f"{r['sim_saving']:>+7.1%} {r['oracle_saving']:>+7.1%} {share:>7} {r['ratio_to_floor']:>10.2f} "
+            f"{r['reward_mean']:>7.3f} {mae:>9}"
         )
-    lines.append(f"median rollout saving vs fcfs: {np.median([r['saving'] for r in rows]):.1%} over {len(rows)} steps")
+    m = measured
+    slope = "-" if m["reward_slope"] is None else f"{m['reward_slope']:+.4f} per step"
+    slope_ci = "" if m["reward_slope_ci95"] is None else " [{:+.4f}, {:+.4f}]".format(*m["reward_slope_ci95"])
+    share = "-" if m["oracle_gain_share"] is None else f"{m['oracle_gain_share']:.2f}"
+    lines += [
+        f"median rollout saving vs fcfs: {m['median_saving']:+.1%} {_interval(m['saving_ci95'])} (95% bootstrap, "
+        f"{len(rows)} steps); simulator replay: length_aware {_pct(m['sim_saving'])}, oracle {_pct(m['oracle_saving'])}"
+        f"; share of the oracle's saving {share}",
+        f"capped responses {m['capped_fraction']:.1%}; reward slope {slope}{slope_ci}",
+    ]
     return "\n".join(lines)
 
 
@@ -208,32 +350,98 @@ def start_wandb(cfg: dict, out: Path | None):
     )
 
 
-def log_step(run, step: int, metrics: dict, timeline_png: Path | None) -> None:
-    """Log a step's metrics to a wandb run (nothing without one), with the timeline PNG as an image."""
+def log_step(run, step: int, metrics: dict, row: dict, measured: dict, timeline_png: Path | None) -> None:
+    """Log a step to a wandb run (nothing without one): its metrics, its summary row's savings (live,
+    simulator replay, oracle), the median saving so far with its 95% interval, and the timeline PNG."""
     if run is None:
         return
     import wandb
 
-    logged = dict(metrics)
+    low, high = measured["saving_ci95"]
+    logged = {
+        **metrics,
+        **{f"demo/{key}": row[key] for key in ("saving", "sim_saving", "oracle_saving", "reward_mean")},
+        "demo/median_saving": measured["median_saving"],
+        "demo/saving_ci95_low": low,
+        "demo/saving_ci95_high": high,
+    }
     if timeline_png is not None:
         logged["rollout_len/timeline"] = wandb.Image(str(timeline_png))
     run.log(logged, step=step)
 
 
-def write_summary(cfg: dict, rows: list[dict], out: Path | None, run, **extra: float) -> dict:
-    """End of the demo: the summary {"config", "steps": summary rows, "median_saving", **extra (e.g. setup_s,
-    wall_time_s), and with a wandb run "wandb_run_dir", "wandb_mode"}, written to `out`/summary.json with
-    `step_time_saving.png`; the wandb run is finished. Returns the summary."""
-    summary = {"config": cfg, "steps": rows, "median_saving": float(np.median([r["saving"] for r in rows])), **extra}
-    if run is not None:
-        run.summary["rollout_len/median_saving_vs_fcfs"] = summary["median_saving"]
-        summary["wandb_run_dir"], summary["wandb_mode"] = str(Path(run.dir).parent), run.settings.mode
-        run.finish()
+TABLE_COLUMNS = (
+    "step",
+    "rollout_time_s",
+    "fcfs_rollout_time_s",
+    "saving",
+    "sim_saving",
+    "oracle_saving",
+    "oracle_gain_share",
+    "reward_mean",
+    "predictor_mae",
+    "survival_mae",
+)
+
+
+def log_panels(run, summary: dict, report: Path | None) -> None:
+    """The dashboard's panels in a wandb run: the steps as a table, saving per step (live, simulator
+    replay, oracle) and reward per step as line plots, the response lengths as a histogram, the run's
+    figures in the run summary, and the HTML report itself."""
+    import wandb
+
+    rows = summary["steps"]
+    steps = [r["step"] for r in rows]
+    table = wandb.Table(columns=list(TABLE_COLUMNS), data=[[r[c] for c in TABLE_COLUMNS] for r in rows])
+    savings = [[r[key] for r in rows] for key in ("saving", "sim_saving", "oracle_saving")]
+    panels = {
+        "demo/steps": table,
+        "demo/saving_per_step": wandb.plot.line_series(
+            xs=steps,
+            ys=savings,
+            keys=["live", "simulator replay", "oracle (simulator)"],
+            title="saving vs fcfs",
+            xname="step",
+        ),
+        "demo/reward_per_step": wandb.plot.line(table, "step", "reward_mean", title="reward mean per step"),
+        "demo/response_lengths": wandb.Histogram([x for r in rows for g in r["lengths"] for x in g]),
+    }
+    scored = [r for r in rows if r["predictor_mae"] is not None and r["survival_mae"] is not None]
+    if scored:
+        panels["demo/predictor_mae_per_step"] = wandb.plot.line_series(
+            xs=[r["step"] for r in scored],
+            ys=[[r["predictor_mae"] for r in scored], [r["survival_mae"] for r in scored]],
+            keys=["PLP in flight", "survival baseline"],
+            title="predictor MAE in flight (tokens)",
+            xname="step",
+        )
+    if report is not None:
+        panels["demo/report"] = wandb.Html(report.read_text(encoding="utf-8"), inject=False)
+    run.log(panels, step=steps[-1])  # beside the last step's metrics, in the same history row
+    for key in ("median_saving", "oracle_saving", "oracle_gain_share", "capped_fraction", "reward_slope"):
+        run.summary[f"demo/{key}"] = summary[key]
+    run.summary["demo/saving_ci95"] = summary["saving_ci95"]
+    run.summary["demo/reward_slope_ci95"] = summary["reward_slope_ci95"]
+
+
+def write_summary(cfg: dict, rows: list[dict], measured: dict, out: Path | None, run, **extra: float) -> dict:
+    """End of the demo: the summary {"config", "steps": summary rows, **measured (the recipe's `measure`),
+    **extra (e.g. setup_s, wall_time_s), and with a wandb run "wandb_run_dir", "wandb_mode"}, written to
+    `out`/summary.json with `step_time_saving.png` and the dashboard `report.html`; the wandb run gets the
+    same panels (`log_panels`) and is finished. Returns the summary."""
+    summary = {"config": cfg, **measured, **extra, "steps": rows}
+    report = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         plot_savings(rows, out / "step_time_saving.png")
+        report = write_report(summary, out / "report.html")
+    if run is not None:
+        log_panels(run, summary, report)
+        summary["wandb_run_dir"], summary["wandb_mode"] = str(Path(run.dir).parent), run.settings.mode
+        run.finish()
+    if out is not None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out / 'summary.json'}, {out / 'step_time_saving.png'}, {out}/timeline_step*.png")
+        print(f"wrote {out / 'summary.json'}, {report}, {out / 'step_time_saving.png'}, {out}/timeline_step*.png")
     if run is not None:
         print(f"wandb run ({summary['wandb_mode']}): {summary['wandb_run_dir']}")
     return summary

@@ -2,7 +2,8 @@
 
     python -m rollout_len.verl.gsm8k DIR      # writes DIR/train.parquet and DIR/test.parquet
 
-`gsm8k_batch` builds the same records straight into a verl generation batch (recipes/grpo_demo).
+`gsm8k_batch` builds the same records straight into a verl generation batch;
+`records_batch(task_records(items, source), n)` does the same for any task's prompts (recipes/grpo_demo).
 
 Columns, as verl's reward code expects them: `data_source` ("openai/gsm8k", which selects verl's
 GSM8K checker), `prompt` (chat messages), `ability`, `reward_model` ({"style": "rule",
@@ -21,7 +22,15 @@ import numpy as np
 
 from rollout_len.data import GSM8K_INSTRUCTION
 
-__all__ = ["DATA_SOURCE", "final_answer", "gsm8k_records", "write_gsm8k_parquet", "gsm8k_batch"]
+__all__ = [
+    "DATA_SOURCE",
+    "final_answer",
+    "gsm8k_records",
+    "write_gsm8k_parquet",
+    "gsm8k_batch",
+    "task_records",
+    "records_batch",
+]
 
 DATA_SOURCE = "openai/gsm8k"
 
@@ -59,26 +68,44 @@ def write_gsm8k_parquet(rows: list[dict], path: str | Path, split: str) -> Path:
 
 
 def gsm8k_batch(rows: list[dict], n: int, uid_prefix: str = ""):
-    """A verl generation batch (DataProto) of GSM8K problems, each repeated n times in a row, as verl's trainer
+    """A verl generation batch (DataProto) of GSM8K problems (rows {"question", "answer"}), as `records_batch`
+    makes it; raises ValueError for an answer without a final '#### <number>' too."""
+    return records_batch(gsm8k_records(rows, "test"), n, uid_prefix)
+
+
+def task_records(items: list, data_source: str) -> list[dict]:
+    """verl records of a task's prompts: items with `.prompt` (the user message) and `.answer` (the final
+    number as text), e.g. `rollout_len.bench.lengths.task_prompts`; `data_source` names the task."""
+    return [
+        {
+            "data_source": data_source,
+            "prompt": [{"role": "user", "content": item.prompt}],
+            "reward_model": {"style": "rule", "ground_truth": item.answer},
+        }
+        for item in items
+    ]
+
+
+def records_batch(records: list[dict], n: int, uid_prefix: str = ""):
+    """A verl generation batch (DataProto) of records, each repeated n times in a row, as verl's trainer
     repeats prompts (`DataProto.repeat(n, interleave=True)`).
 
     Args:
-        rows: GSM8K rows ({"question", "answer"}), P of them.
-        n: samples per problem (the GRPO group size), >= 1.
-        uid_prefix: prepended to each problem's uid, `{uid_prefix}prompt{i}` (e.g. the step, so uids
+        records: P records with `prompt` (chat messages), `data_source` and `reward_model`
+            ({"ground_truth", ...}), as `gsm8k_records` and `task_records` make them.
+        n: samples per record (the GRPO group size), >= 1.
+        uid_prefix: prepended to each record's uid, `{uid_prefix}prompt{i}` (e.g. the step, so uids
             differ between steps).
 
-    Returns P * n rows with non-tensor fields `raw_prompt` (chat messages), `data_source`,
-    `reward_model` ({"ground_truth", ...}) and `uid` (shared by the n rows of a problem). Raises
-    ValueError for n < 1, no rows, or an answer without a final '#### <number>'.
+    Returns P * n rows with non-tensor fields `raw_prompt`, `data_source`, `reward_model` and `uid`
+    (shared by the n rows of a record). Raises ValueError for n < 1 or no records.
     """
     from verl import DataProto
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n (samples per problem) must be an int >= 1, got {n!r}")
-    if not rows:
-        raise ValueError("gsm8k_batch needs at least one GSM8K row")
-    records = gsm8k_records(rows, "test")
+    if not records:
+        raise ValueError("a generation batch needs at least one record")
 
     def column(values) -> np.ndarray:
         return np.fromiter(values, dtype=object, count=len(records))

@@ -718,8 +718,8 @@ def coordinator_config(settings: dict, prefix: str = SETTINGS_KEY, sources: dict
     """`RolloutConfig(**settings)`, its cost profile loaded first; errors name `{prefix}.<field>`.
 
     `sources` (field -> full key) names the keys whose values came from elsewhere (verl's dtype, seed,
-    max_num_seqs). A relative `cost_profile` is made absolute, so the Coordinator's Ray actor reads the
-    file this process checked. Raises ValueError for unknown fields, a cost profile that does not load,
+    max_num_seqs). A relative `cost_profile` or `head_path` is made absolute, so the Coordinator's Ray
+    actor reads the file this process checked. Raises ValueError for unknown fields, a cost profile that does not load,
     and whatever RolloutConfig refuses.
     """
     _check_known(settings, prefix)
@@ -727,6 +727,10 @@ def coordinator_config(settings: dict, prefix: str = SETTINGS_KEY, sources: dict
     settings = dict(settings)
     if settings.get("cost_profile") is not None:
         settings["cost_profile"] = _load_cost_profile(settings["cost_profile"], sources["cost_profile"])
+    if settings.get("head_path") is not None:  # RolloutConfig checks the head's card and tap layer
+        if not isinstance(settings["head_path"], (str, Path)):
+            raise ValueError(f"{sources['head_path']}={_show(settings['head_path'])}: must be a head folder")
+        settings["head_path"] = str(Path(settings["head_path"]).expanduser().resolve())
     if settings.get("predictions") == "oracle":
         raise ValueError(
             f"{sources['predictions']}=oracle: true lengths come from a recorded run, which verl cannot pass; "

@@ -73,6 +73,8 @@ def test_bench_rollout_repeats_rounds_on_the_same_samples(tmp_path):
     assert data["repeats"] == 2 and data["workers"] == 2 and data["slots"] == 2
     assert data["task"] == "arith" and data["temperature"] == 0.7
     assert isinstance(data["floor_s"], float) and data["floor_s"] > 0
+    # one cost model for every twin and the floor, fitted to the run's own engine steps
+    assert data["cost_model"]["name"].startswith("live-fit") and data["cost_model"]["step_base_s"] >= 0
     assert data["policies"].keys() == set(POLICIES)
     for name, p in data["policies"].items():
         assert isinstance(p["step_time_s"], float) and p["step_time_s"] > 0
@@ -86,6 +88,11 @@ def test_bench_rollout_repeats_rounds_on_the_same_samples(tmp_path):
         assert isinstance(p["sim_step_time_s"], float) and p["sim_step_time_s"] > 0
         assert p["live_over_sim"] == pytest.approx(float(np.median(np.array(p["rounds"]) / np.array(p["sim_rounds"]))))
         assert [r["position"] for r in p["runs"]] == [o.index(name) for o in data["order"]]
+        own = [r["step_time_s"] / r["sim_own_fit_s"] for r in p["runs"]]
+        assert p["live_over_own_fit"] == pytest.approx(float(np.median(own)))
+        assert len(p["load_factors"]) == 2 and all(f > 0 for f in p["load_factors"])
+        adjusted = [r["step_time_s"] / r["load_factor"] for r in p["runs"]]
+        assert p["load_adjusted"]["step_time_s"] == pytest.approx(float(np.median(adjusted)))
     assert data["policies"]["pool"]["ratio_to_pool"] == {"median": 1.0, "ci95": [1.0, 1.0], "rounds": [1.0, 1.0]}
     # per-sample RNG: every run of every round generates the same lengths
     assert result["lengths_check"]["identical"]

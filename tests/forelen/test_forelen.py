@@ -16,13 +16,6 @@ from rollout_len.predictor.pooling import pool
 from rollout_len.sample import Sample, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def tiny_rl(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rl")
-    build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16)
-    return out
-
-
 def test_build_writes_a_consistent_dataset(tiny_rl):
     card = json.loads((tiny_rl / "card.json").read_text())
     t = load_file(str(tiny_rl / "data.safetensors"))

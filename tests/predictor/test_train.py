@@ -38,13 +38,35 @@ def test_online_refit_follows_a_drift():
     )
     xs, ys = _data(800, shift=120.0, seed=1)  # the policy now writes 120 tokens more
     before = evaluate(head.predict(xs[600:])[0], ys[600:])["mae"]
-    trainer = OnlineTrainer(head, buffer_size=300, epochs=10)
+    trainer = OnlineTrainer(head, buffer_size=300, steps=50)
     for start in range(0, 600, 100):
         trainer.add(xs[start : start + 100], ys[start : start + 100])
         trainer.refit()
     assert len(trainer) == 300
     after = evaluate(head.predict(xs[600:])[0], ys[600:])["mae"]
     assert after < 0.6 * before
+
+
+def test_a_refit_costs_the_same_whatever_the_buffer_holds():
+    """Each re-fit takes `steps` gradient steps on `batch_size` examples, whether the buffer holds 50
+    examples or is full; the buffer is a ring of the newest examples."""
+    x, y = _data(3000)
+    head = fit_head(x[:400], y[:400], x[400:500], y[400:500], FitConfig(epochs=2, bins="log", max_length=800))
+    trainer = OnlineTrainer(head, buffer_size=1000, steps=7, batch_size=16)
+    seen: list[int] = []
+    loss = head.loss
+    head.loss = lambda features, lengths: seen.append(len(lengths)) or loss(features, lengths)
+    per_refit = []
+    for start in range(0, 3000, 250):
+        trainer.add(x[start : start + 250], y[start : start + 250])
+        seen.clear()
+        assert trainer.refit() == 7 * 16
+        per_refit.append(list(seen))
+    assert per_refit == [[16] * 7] * 12
+    assert len(trainer) == 1000
+    kept = sorted(trainer._y.tolist())  # the ring holds the newest 1000 examples, each once
+    assert kept == sorted(y[2000:].tolist())
+    assert OnlineTrainer(head).refit() == 0  # an empty buffer: nothing to fit
 
 
 def test_bad_training_input():

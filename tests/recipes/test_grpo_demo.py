@@ -59,13 +59,13 @@ def ray_session():
 
 
 class TokenSumRewardDemo(grpo_demo.GRPODemo):
-    """A random-weight model never answers GSM8K, and with every response at the budget every overlong
+    """A random-weight model never answers right, and with every response at the budget every overlong
     penalty is the same: all rewards equal, all advantages 0. This reward from the response's token ids
     differs within a group."""
 
     def rewards(self, data):
         verl_scores, details = super().rewards(data)
-        assert verl_scores.sum(dim=1).tolist() == [-1.0] * len(data)  # the GSM8K checker's 0 plus the full penalty
+        assert verl_scores.sum(dim=1).tolist() == [-1.0] * len(data)  # the answer checker's 0 plus the full penalty
         mask = data.batch["response_mask"]
         scores = torch.zeros_like(mask, dtype=torch.float32)
         for row, length in enumerate(mask.sum(dim=1).tolist()):
@@ -76,13 +76,15 @@ class TokenSumRewardDemo(grpo_demo.GRPODemo):
 def test_flags_override_the_yaml_and_bad_values_name_the_key():
     cfg = grpo_demo.load_config(["--max-new-tokens", "70", "--no-use-ray", "--out", "none", "--lr", "0.5"])
     assert cfg["max_new_tokens"] == 70 and cfg["use_ray"] is False and cfg["out"] is None and cfg["lr"] == 0.5
-    assert cfg["model"] == "smollm2-135m" and cfg["samples_per_prompt"] == 4  # the rest from the YAML
+    assert cfg["model"] == "smollm2-135m" and cfg["task"] == "arith" and cfg["samples_per_prompt"] == 8  # the YAML
     with pytest.raises(ValueError, match="samples_per_prompt"):
         grpo_demo.load_config(["--samples-per-prompt", "1"])
     with pytest.raises(ValueError, match="train_layers"):
         grpo_demo.load_config(["--train-layers", "-1"])
     with pytest.raises(ValueError, match="overlong_buffer"):
-        grpo_demo.load_config(["--max-new-tokens", "32"])  # the YAML's buffer of 64 does not fit
+        grpo_demo.load_config(["--max-new-tokens", "32", "--overlong-buffer", "64"])
+    with pytest.raises(ValueError, match=r"task \(--task\) 'poems' is unknown; valid: .*arith"):
+        grpo_demo.load_config(["--task", "poems"])
 
 
 def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
@@ -124,6 +126,9 @@ def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
 
 
 STEP_KEYS = {"step_time_s", "rollout_time_s", "fcfs_rollout_time_s", "saving", "reward_mean", "predictor_mae"}
+STEP_KEYS |= {"sim_s", "sim_saving", "oracle_saving", "sim_floor_s", "floor_s", "ratio_to_floor", "oracle_gain_share"}
+SUMMARY_KEYS = {"steps", "median_saving", "saving_ci95", "oracle_saving", "capped_fraction", "reward_slope"}
+SUMMARY_KEYS |= {"partial_throughput_ratio", "reward_slope_ci95"}
 WANDB_KEYS = {
     "timing_s/gen",
     "timing_s/gen_fcfs",
@@ -156,16 +161,23 @@ def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_pa
     summary = grpo_demo.main(TINY + ["--out", str(out)])  # Ray rollout workers, wandb offline: the defaults
 
     printed = capsys.readouterr().out
-    assert "fcfs rollout s" in printed and "median rollout saving vs fcfs" in printed
+    assert "median rollout saving vs fcfs" in printed and "(95% bootstrap, 1 steps)" in printed
     written = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(written)
     (step,) = written["steps"]
     assert STEP_KEYS <= set(step)
+    assert written["saving_ci95"] == [step["saving"], step["saving"]]  # one step: the interval is the point
+    assert written["oracle_saving"] == step["oracle_saving"] == 1 - step["sim_s"]["oracle"] / step["sim_s"]["fcfs"]
+    assert written["capped_fraction"] == 1.0 and written["partial_throughput_ratio"] is None
+    assert written["reward_slope"] is None  # one step has no slope
+    assert sorted(len(g) for g in step["lengths"]) == [4, 4]
+    assert "<svg" in (out / "report.html").read_text()
     assert step["rollout_time_s"] > 0 and step["fcfs_rollout_time_s"] > 0
     assert step["saving"] == pytest.approx(1 - step["rollout_time_s"] / step["fcfs_rollout_time_s"])
     assert step["step_time_s"] > step["rollout_time_s"]
     assert (
         step["reward_mean"] == -1.0
-    )  # verl's GSM8K checker 0, the full overlong penalty: every response at the budget
+    )  # the answer checker's 0, the full overlong penalty: every response at the budget
     assert step["predictor_mae"] is None  # no predictor before the first re-fit
     for png in ("step_time_saving.png", "timeline_step0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -184,3 +196,6 @@ def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_pa
     assert math.isnan(row["rollout_len/predictor_mae"])
     assert row["rollout_len/timeline/_type"] == "image-file"  # wandb.Image, stored with the run
     assert (run_dir / "files" / row["rollout_len/timeline/path"]).read_bytes()[:4] == b"\x89PNG"
+    assert row["demo/saving"] == pytest.approx(step["saving"])  # the dashboard's panels, in the same row
+    assert row["demo/steps/_type"] == "table-file" and row["demo/report/_type"] == "html-file"
+    assert row["demo/saving_per_step_table/_type"] == "table-file" and row["demo/response_lengths/_type"] == "histogram"

@@ -333,3 +333,54 @@ def test_the_simulator_does_not_depend_on_string_hashing():
         for seed in ("1", "2", "3")
     }
     assert len(out) == 1 and float(out.pop()) > 0
+
+
+def test_cost_model_fit_recovers_its_parameters():
+    truth = CostModel(0.05, 0.004, 2e-5, 0.1, 0.003, name="truth")
+    rng = np.random.default_rng(0)
+    decode = [(b, c, truth.step_time(b, c)) for b, c in zip(rng.integers(1, 9, 200), rng.integers(50, 3000, 200))]
+    prefill = [(n, truth.prefill_time(n)) for n in rng.integers(30, 400, 40)]
+    fitted = CostModel.fit(decode, prefill, name="fit")
+    for name in ("step_base_s", "per_seq_s", "per_context_token_s", "prefill_base_s", "prefill_per_token_s"):
+        assert getattr(fitted, name) == pytest.approx(getattr(truth, name), rel=1e-6), name
+    assert fitted.relative_error(decode) == pytest.approx(0.0, abs=1e-9)
+    # a term the data says is negative is dropped (no negative seconds), the rest refitted
+    flat = [(b, c, 0.1 - 1e-3 * b) for b, c, _ in decode]
+    assert CostModel.fit(flat, []).per_seq_s == 0.0
+    # time that only grows with context is put on base and batch: a step must cost something by itself
+    context_only = CostModel.fit([(b, c, 1e-5 * c) for b, c, _ in decode], [])
+    assert context_only.per_context_token_s == 0.0 and context_only.step_base_s + context_only.per_seq_s > 0
+    with pytest.raises(ValueError, match="at least 3"):
+        CostModel.fit(decode[:2], prefill)
+    with pytest.raises(ValueError, match="finite"):
+        CostModel.fit(decode + [(1, 10, float("nan"))], prefill)
+
+
+def test_the_first_fill_waits_for_trusted_prompt_scores():
+    """With trusted admission predictions, workers score the prompts (in parallel) before admitting
+    anything, so the first fill is ranked (longest prompt first), not blind; a worker that dies while
+    scoring hands its prompts to another."""
+    from rollout_len.sample import Sample, SamplingParams
+    from rollout_len.sched.messages import Report
+
+    quality = PredictionQuality()
+    for i in range(64):  # a ranking predictor: trusted at admission
+        quality.record("admission", float(10 + i), float(12 + i), baseline=40.0)
+    m = BucketManager(make_policy("length_aware"), 3, 2, CPU, quality=quality)
+    params = SamplingParams(max_new_tokens=400)
+    m.submit([Sample(f"p{g}-{i}", [1, 2, g + 3], params, group_id=f"p{g}") for g in range(6) for i in range(2)])
+    first = {w: m.orders_for(w, 8) for w in range(3)}
+    assert all(o.score and not o.admit for o in first.values())  # every worker scores; nothing admitted blind
+    m.worker_died(2)  # its prompts go back to be scored elsewhere
+    scored, orders = [], {w: first[w] for w in (0, 1)}
+    while not any(o.admit for o in orders.values()):
+        for w, o in orders.items():
+            report = Report(w)
+            for p in o.score:  # prompt g is predicted 50 (g + 1) tokens
+                report.scores[p.key] = (None, 50.0 * (int(p.group_id[1:]) + 1))
+                scored.append(p.group_id)
+            m.apply(report)
+        orders = {w: m.orders_for(w, 8) for w in (0, 1)}
+    assert sorted(scored) == [f"p{g}" for g in range(6)]  # each prompt scored once, p4 and p5 after the death
+    admitted = [[a.sample.group_id for a in orders[w].admit] for w in (0, 1)]
+    assert admitted == [["p5", "p4"], ["p5", "p4"]]  # dealt: each worker starts one sample of the two longest

@@ -1,4 +1,4 @@
-"""GSM8K rewards through verl's DAPO reward manager, in one process (rollout_len.verl.reward)."""
+"""Answer rewards through verl's DAPO reward manager, in one process (rollout_len.verl.reward)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from helpers import tiny
 from tensordict import TensorDict
 from verl import DataProto
 
-from rollout_len.verl.reward import gsm8k_reward_manager, score_batch
+from rollout_len.verl.reward import answer_reward_manager, score_batch
 
 
 def byte_batch(texts: list[str], response_length: int, truth: str) -> DataProto:
@@ -37,7 +37,7 @@ def byte_batch(texts: list[str], response_length: int, truth: str) -> DataProto:
 
 
 def test_reward_is_verls_gsm8k_checker_plus_the_overlong_penalty():
-    manager = gsm8k_reward_manager(
+    manager = answer_reward_manager(
         tiny("llama").tokenizer, max_response_length=40, method="flexible", overlong_buffer=20, overlong_penalty=1.0
     )
     texts = ["So 9 * 2 = 18", "So it is 17", "x" * 30 + " 18", "y" * 40]
@@ -58,15 +58,27 @@ def test_reward_is_verls_gsm8k_checker_plus_the_overlong_penalty():
 def test_no_buffer_no_penalty_and_strict_reading():
     tokenizer = tiny("llama").tokenizer
     texts = ["y" * 40, "The answer is 18", "#### 18"]
-    plain = score_batch(gsm8k_reward_manager(tokenizer, max_response_length=40), byte_batch(texts, 40, "18"))[0]
-    assert plain.sum(dim=1).tolist() == [0.0, 1.0, 1.0]  # flexible: the last number; no overlong penalty
-    strict = gsm8k_reward_manager(tokenizer, max_response_length=40, method="strict", format_score=0.1)
+    plain = score_batch(answer_reward_manager(tokenizer, max_response_length=40), byte_batch(texts, 40, "18"))[0]
+    assert plain.sum(dim=1).tolist() == [0.0, 1.0, 1.0]  # number: the last number; no overlong penalty
+    flexible = answer_reward_manager(tokenizer, max_response_length=40, method="flexible")
+    assert score_batch(flexible, byte_batch(texts, 40, "18"))[0].sum(dim=1).tolist() == [0.0, 1.0, 1.0]
+    strict = answer_reward_manager(tokenizer, max_response_length=40, method="strict", format_score=0.1)
     assert score_batch(strict, byte_batch(texts, 40, "18"))[0].sum(dim=1).tolist() == [0.0, 0.0, 1.0]
+
+
+def test_number_reading_normalises_the_final_number():
+    """Thousands separators and a trailing .0 or full stop do not matter; verl's string comparison rejects them."""
+    tokenizer = tiny("llama").tokenizer
+    texts = ["It is 1,234", "It is 1234.0", "It is 1234.", "1234 or 1235"]
+    number = answer_reward_manager(tokenizer, max_response_length=40, method="number", format_score=0.1)
+    assert score_batch(number, byte_batch(texts, 40, "1234"))[0].sum(dim=1).tolist() == pytest.approx([1, 1, 1, 0.1])
+    flexible = answer_reward_manager(tokenizer, max_response_length=40, method="flexible")
+    assert score_batch(flexible, byte_batch(texts, 40, "1234"))[0].sum(dim=1).tolist()[1:] == [0.0, 0.0, 0.0]
 
 
 def test_bad_settings_are_refused():
     tokenizer = tiny("llama").tokenizer
     with pytest.raises(ValueError, match=r"method='loose'.*valid.*flexible"):
-        gsm8k_reward_manager(tokenizer, max_response_length=40, method="loose")
+        answer_reward_manager(tokenizer, max_response_length=40, method="loose")
     with pytest.raises(ValueError, match=r"overlong_buffer must be in 0\.\.max_response_length \(40\), got 41"):
-        gsm8k_reward_manager(tokenizer, max_response_length=40, overlong_buffer=41)
+        answer_reward_manager(tokenizer, max_response_length=40, overlong_buffer=41)
