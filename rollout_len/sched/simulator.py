@@ -35,22 +35,29 @@ def load_trace(path: str | Path) -> tuple[list[list[int]], int | None]:
     "max_new_tokens": ...} or JSONL with one {"lengths": [...]} per line. Negative, missing or
     non-integer lengths are errors."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"trace {path} is a directory; give a trace file (.json or .jsonl)")
     if not path.is_file():
         raise FileNotFoundError(f"trace file {path} does not exist")
     text = path.read_text()
     max_new_tokens = None
     try:
         if path.suffix == ".jsonl":
-            groups = [json.loads(line)["lengths"] for line in text.splitlines() if line.strip()]
+            groups = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        groups.append(json.loads(line)["lengths"])
+                    except (json.JSONDecodeError, KeyError, TypeError) as err:
+                        raise ValueError(f"line {number}: {err!r}") from err
         else:
             data = json.loads(text)
             groups, max_new_tokens = data["groups"], data.get("max_new_tokens")
             if not isinstance(groups, list):
                 raise TypeError(f"'groups' must be a list of lists, got {type(groups).__name__}")
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(
-            f"{path}: not a length trace ({err!r}); "
-            'expected {"groups": [[...], ...]} or JSONL of {"lengths": [...]}'
+            f'{path}: not a length trace ({err}); expected {{"groups": [[...], ...]}} or JSONL of {{"lengths": [...]}}'
         ) from err
     if max_new_tokens is not None and (
         not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1

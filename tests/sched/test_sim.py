@@ -64,6 +64,15 @@ def test_trace_validation(tmp_path, content, match):
         load_trace(tmp_path / "missing.json")
 
 
+def test_trace_errors_name_the_line_and_refuse_a_directory(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"lengths": [3, 4]}\n\n{"lengths": [5]}\n{"lenghts": [6]}\n')
+    with pytest.raises(ValueError, match="line 4"):
+        load_trace(path)
+    with pytest.raises(ValueError, match="is a directory"):
+        load_trace(tmp_path)
+
+
 def test_shipped_trace_loads():
     groups, cap = load_trace("docs/results/traces/forelen-rl.json")
     assert cap == 512 and len(groups) == 40 and all(len(g) == 8 for g in groups)
