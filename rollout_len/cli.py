@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
                     "--regimes picks named regimes; --workers/--slots/... define one custom regime: not both"
                 )
             run_sim(
-                regimes=_names(args.regimes) if args.regimes else tuple(REGIMES),
+                regimes=_names(args.regimes) if args.regimes is not None else tuple(REGIMES),
                 custom=custom or None,
-                policies=_names(args.policies) if args.policies else DEFAULT_POLICIES,
+                policies=_names(args.policies) if args.policies is not None else DEFAULT_POLICIES,
                 png=args.png,
                 **_sim_outputs(args, argv),
             )

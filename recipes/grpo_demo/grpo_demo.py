@@ -38,6 +38,7 @@ same panels (offline unless WANDB_MODE says otherwise) under `out/wandb`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -57,7 +58,11 @@ def load_config(argv: list[str] | None = None) -> dict:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     known, rest = pre.parse_known_args(argv)
+    if not known.config.is_file():
+        raise ValueError(f"config (--config) {str(known.config)!r} is not a file")
     cfg = yaml.safe_load(known.config.read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config (--config) {str(known.config)!r} is not a YAML mapping of settings")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[pre])
     for key, value in cfg.items():
         flag = "--" + key.replace("_", "-")
@@ -85,7 +90,47 @@ def load_config(argv: list[str] | None = None) -> dict:
         )
     if args["train_layers"] < 0:
         raise ValueError(f"train_layers (--train-layers) must be >= 0 (0: every weight), got {args['train_layers']}")
+    _check_numbers(args)
+    from rollout_len.verl.reward import ANSWER_METHODS
+
+    if args["reward_method"] not in ANSWER_METHODS:
+        raise ValueError(
+            f"reward_method (--reward-method) {args['reward_method']!r} is unknown; valid: {ANSWER_METHODS}"
+        )
+    if args["wandb_mode"] not in WANDB_MODES:
+        raise ValueError(f"wandb_mode (--wandb-mode) {args['wandb_mode']!r} is unknown; valid: {WANDB_MODES}")
+    out = args["out"]
+    if out is not None:  # every file goes there, and wandb starts late: make the folder now
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"out (--out) {out!r} is a file, not a folder")
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ValueError(f"out (--out) {out!r} cannot be created: {err.strerror}") from None
     return args
+
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _check_numbers(args: dict) -> None:
+    """Finite numbers in range, named by their flag (torch and the actor would raise much later)."""
+    ranges = {
+        "temperature": (0.0, None, "> 0"),
+        "top_p": (0.0, 1.0, "in (0, 1]"),
+        "lr": (0.0, None, "> 0"),
+        "weight_decay": (None, None, ">= 0"),
+        "grad_clip": (0.0, None, "> 0"),
+        "clip_ratio": (0.0, None, "> 0"),
+        "format_score": (None, None, "a finite number"),
+        "overlong_penalty": (None, None, "a finite number"),
+    }
+    for key, (low, high, what) in ranges.items():
+        value = float(args[key])
+        bad = not math.isfinite(value) or (low is not None and value <= low) or (high is not None and value > high)
+        bad = bad or (key == "weight_decay" and value < 0)
+        if bad:
+            raise ValueError(f"{key} (--{key.replace('_', '-')}) must be {what}, got {args[key]}")
 
 
 def _none_or_str(text: str) -> str | None:

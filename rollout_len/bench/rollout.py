@@ -405,10 +405,13 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 
 def _interval(summary: dict, spec: str = ".2f") -> str:
+    """'median [low, high]', saying over how many rounds when some had no value (e.g. no oracle gain)."""
+    defined = sum(x is not None for x in summary["rounds"])
     if summary["median"] is None:
-        return "-"
+        return "n/a (0 rounds)"
     lo, hi = summary["ci95"]
-    return f"{format(summary['median'], spec)} [{format(lo, spec)}, {format(hi, spec)}]"
+    text = f"{format(summary['median'], spec)} [{format(lo, spec)}, {format(hi, spec)}]"
+    return text if defined == len(summary["rounds"]) else f"{text} ({defined}/{len(summary['rounds'])} rounds)"
 
 
 def _print_table(result: dict) -> None:

@@ -83,8 +83,8 @@ def run(
     medians, every step's figures, the step time's relative change and memory's change in MiB from
     the second window to the last, the step time's trend after the first window (`_trend`), and the
     share of the wall time the re-fit spent on the critical path."""
-    if steps < 2 * window:
-        raise ValueError(f"--steps must be >= {2 * window} (a warm-up window and one to compare), got {steps}")
+    if steps < 3 * window:
+        raise ValueError(f"--steps must be >= {3 * window} (a warm-up window, then two to compare), got {steps}")
     if update_s < 0:
         raise ValueError(f"--update-s must be >= 0 seconds, got {update_s}")
     config = RolloutConfig(

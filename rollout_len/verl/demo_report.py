@@ -268,16 +268,17 @@ def format_table(rows: list[dict], measured: dict) -> str:
     """The console table of summary rows, then the run's figures with their 95% intervals."""
     header = (
         f"{'step':>4} {'rollout s':>10} {'fcfs s':>7} {'saving':>7} {'sim':>7} {'oracle':>7} {'share':>7} "
-        f"{'live/floor':>10} {'reward':>7} {'pred MAE':>9}"
+        f"{'live/floor':>10} {'reward':>7} {'PLP MAE':>8} {'surv MAE':>8}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         mae = "-" if r["predictor_mae"] is None else f"{r['predictor_mae']:.1f}"
+        surv = "-" if r.get("survival_mae") is None else f"{r['survival_mae']:.1f}"
         share = "-" if r["oracle_gain_share"] is None else f"{r['oracle_gain_share']:.2f}"
         lines.append(
             f"{r['step']:>4} {r['rollout_time_s']:>10.1f} {r['fcfs_rollout_time_s']:>7.1f} {r['saving']:>+7.1%} "
             f"{r['sim_saving']:>+7.1%} {r['oracle_saving']:>+7.1%} {share:>7} {r['ratio_to_floor']:>10.2f} "
-            f"{r['reward_mean']:>7.3f} {mae:>9}"
+            f"{r['reward_mean']:>7.3f} {mae:>8} {surv:>8}"
         )
     m = measured
     slope = "-" if m["reward_slope"] is None else f"{m['reward_slope']:+.4f} per step"

@@ -59,6 +59,11 @@ def test_default_regimes_are_named_and_stated():
         (["--sigma", "nan", *SMALL], "--sigma"),
         (["--sigma", "-0.5", *SMALL], "--sigma"),
         (["--trace", "/nonexistent.json"], "does not exist"),
+        (["--regimes", ""], "--regimes is empty"),
+        (["--policies", "", *SMALL], "--policies is empty"),
+        (["--profile", "/nonexistent.yaml", *SMALL], "--profile /nonexistent.yaml"),
+        (["--regimes", "cpu-live", "--md", "/proc/x.md"], "--md /proc/x.md: cannot be written"),
+        (["--regimes", "cpu-live", "--json", "/tmp"], "--json /tmp is a folder"),
     ],
 )
 def test_bad_flags_name_the_flag(flags, message, capsys):

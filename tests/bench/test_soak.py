@@ -32,7 +32,7 @@ def test_the_refit_costs_the_same_as_the_buffer_grows(lag, tmp_path, capsys):
 
 
 def test_bad_soak_settings_are_refused():
-    with pytest.raises(ValueError, match="--steps must be >= 20"):
-        run(steps=5)
+    with pytest.raises(ValueError, match="--steps must be >= 30"):
+        run(steps=20)  # 20 would compare steps 10-19 with themselves
     with pytest.raises(ValueError, match="--update-s must be >= 0"):
-        run(steps=20, update_s=-1)
+        run(steps=30, update_s=-1)

@@ -85,6 +85,17 @@ def test_flags_override_the_yaml_and_bad_values_name_the_key():
         grpo_demo.load_config(["--max-new-tokens", "32", "--overlong-buffer", "64"])
     with pytest.raises(ValueError, match=r"task \(--task\) 'poems' is unknown; valid: .*arith"):
         grpo_demo.load_config(["--task", "poems"])
+    bad = {
+        "--wandb-mode": ("nope", "wandb_mode"),
+        "--lr": ("nan", "lr"),
+        "--temperature": ("0", "temperature"),
+        "--reward-method": ("nope", "reward_method"),
+        "--config": ("/nonexistent.yaml", "config"),
+        "--out": ("README.md", "is a file"),
+    }
+    for flag, (value, match) in bad.items():  # refused up front, before Ray, wandb or torch see them
+        with pytest.raises(ValueError, match=match):
+            grpo_demo.load_config([flag, value, "--out", "none"] if flag != "--out" else [flag, value])
 
 
 def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
