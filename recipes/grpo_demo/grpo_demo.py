@@ -115,21 +115,19 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 def _check_numbers(args: dict) -> None:
     """Finite numbers in range, named by their flag (torch and the actor would raise much later)."""
-    ranges = {
-        "temperature": (0.0, None, "> 0"),
-        "top_p": (0.0, 1.0, "in (0, 1]"),
-        "lr": (0.0, None, "> 0"),
-        "weight_decay": (None, None, ">= 0"),
-        "grad_clip": (0.0, None, "> 0"),
-        "clip_ratio": (0.0, None, "> 0"),
-        "format_score": (None, None, "a finite number"),
-        "overlong_penalty": (None, None, "a finite number"),
+    ranges = {  # key: (is the finite value valid?, what it must be)
+        "temperature": (lambda v: v > 0, "> 0"),
+        "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+        "lr": (lambda v: v > 0, "> 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "grad_clip": (lambda v: v > 0, "> 0"),
+        "clip_ratio": (lambda v: v > 0, "> 0"),
+        "format_score": (lambda v: True, "a finite number"),
+        "overlong_penalty": (lambda v: True, "a finite number"),
     }
-    for key, (low, high, what) in ranges.items():
+    for key, (valid, what) in ranges.items():
         value = float(args[key])
-        bad = not math.isfinite(value) or (low is not None and value <= low) or (high is not None and value > high)
-        bad = bad or (key == "weight_decay" and value < 0)
-        if bad:
+        if not (math.isfinite(value) and valid(value)):
             raise ValueError(f"{key} (--{key.replace('_', '-')}) must be {what}, got {args[key]}")
 
 

@@ -79,15 +79,14 @@ class CostModel:
     def from_step_log(cls, step_log: list[tuple[int, int, float, int, float]], name: str = "live-fit") -> CostModel:
         """`fit` to live engine steps: rows (decode rows, their context tokens, decode s, prefill tokens,
         prefill s), as workers report them (`Report.step_log`). Raises ValueError as `fit` does."""
-        decode = [(rows, context, s) for rows, context, s, _, _ in step_log if rows > 0]
         prefill = [(tokens, s) for _, _, _, tokens, s in step_log if tokens > 0]
-        return cls.fit(decode, prefill, name=name)
+        return cls.fit(_decode_rows(step_log), prefill, name=name)
 
     def load_factor(self, step_log: list[tuple[int, int, float, int, float]]) -> float:
         """Measured decode seconds of these `Report.step_log` rows over what this model predicts for
         them: 1.3 means they ran 30% slower than the model (a busier machine). Raises ValueError
         without decode steps."""
-        rows = [(rows, context, s) for rows, context, s, _, _ in step_log if rows > 0]
+        rows = _decode_rows(step_log)
         if not rows:
             raise ValueError("load_factor needs at least one timed decode step")
         return sum(s for _, _, s in rows) / sum(self.step_time(b, c) for b, c, _ in rows)
@@ -148,3 +147,8 @@ def _nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             break
         active = [i for i in active if i not in negative]
     return coef
+
+
+def _decode_rows(step_log: list[tuple[int, int, float, int, float]]) -> list[tuple[int, int, float]]:
+    """(batch rows, context tokens, decode s) of the `Report.step_log` rows that decoded."""
+    return [(rows, context, s) for rows, context, s, _, _ in step_log if rows > 0]
