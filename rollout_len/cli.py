@@ -6,6 +6,7 @@ rollout-len generate --gsm8k 4 --n 4 --max-new-tokens 96
 rollout-len bench engine --json docs/results/engine.json [--quick]
 rollout-len bench kernels --json docs/results/kernels.json [--quick]
 rollout-len bench rollout --policies pool,fcfs,length_aware,oracle --task arith --repeats 3 --json OUT [--quick]
+rollout-len bench rollout --mode partial --task arith --prompts 8 --steps 6 --json OUT
 rollout-len bench sim --json OUT --md OUT [--regimes cpu-live,h100-queue-4] [--png OUT]
 rollout-len bench sim --mode partial --workers 64 --steps 10 --json OUT
 rollout-len bench calibrate --yaml OUT
@@ -62,12 +63,19 @@ def _add_bench(sub) -> None:
     pr.add_argument("--every", type=int, default=16, help="PLP prediction interval k")
     r = bench.add_parser("rollout", help="scheduling policies on real Ray workers decoding the model")
     r.add_argument(
-        "--policies",
-        default="pool,fcfs,length_aware,oracle",
-        help="comma list of policies, each run once per round (oracle: the true lengths of another run)",
+        "--mode",
+        choices=["sync", "partial"],
+        default="sync",
+        help="sync: policies on one step's samples, in rounds; partial: stall-free steps (rollout_len.bench."
+        "rollout_partial) against synchronous ones over --steps steps",
     )
     r.add_argument(
-        "--repeats", type=int, default=3, help="rounds; the policy order alternates between them (medians, 95%% CIs)"
+        "--policies",
+        help="comma list of policies, each run once per round (oracle: the true lengths of another run; default "
+        "pool,fcfs,length_aware,oracle); --mode partial: rows (default fcfs_sync,april,length_aware_partial)",
+    )
+    r.add_argument(
+        "--repeats", type=int, help="rounds; the policy order alternates between them (medians, 95%% CIs; default 3)"
     )
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--prompts", type=int, default=16)
@@ -86,6 +94,11 @@ def _add_bench(sub) -> None:
     r.add_argument("--png", metavar="OUT", help="Gantt timeline per policy")
     r.add_argument("--quick", action="store_true", help="2 workers, 8 prompts x 4, 96 tokens, 1 warm-up step, 2 rounds")
     r.add_argument("--seed", type=int, default=0)
+    rp = r.add_argument_group("--mode partial only (--prompts is the quota of complete groups per step)")
+    rp.add_argument("--steps", type=int, help="steps per row (default 6)")
+    rp.add_argument("--over-sample-rate", type=float, help="verl's meaning, in groups: in flight = quota / (1 - rate)")
+    rp.add_argument("--max-staleness", type=int, help="steps a token may age before training (default 1)")
+    rp.add_argument("--on-stale", help="restart (default) or drop a carried sample past the bound")
     sm = bench.add_parser(
         "sim",
         help="scheduling policies on simulated workers (cost model + length trace), every regime by default",
@@ -359,6 +372,39 @@ def _sim_partial(args, custom: dict, argv: list[str] | None) -> int:
     return 0
 
 
+ROLLOUT_PARTIAL_FLAGS = ("steps", "over_sample_rate", "max_staleness", "on_stale")
+
+
+def _rollout_partial(args) -> int:
+    """`bench rollout --mode partial`: flags that only the synchronous rounds take are errors."""
+    from rollout_len.bench.rollout_partial import run
+
+    for flag, value in (("repeats", args.repeats), ("png", args.png), ("quick", args.quick)):
+        if value:
+            raise ValueError(f"--{flag} applies to --mode sync only (partial runs --steps interleaved steps per row)")
+    if args.predictions != "model":
+        raise ValueError("--predictions applies to --mode sync only")
+    given = {f: getattr(args, f) for f in ROLLOUT_PARTIAL_FLAGS if getattr(args, f) is not None}
+    if args.policies is not None:
+        given["rows"] = _names(args.policies)
+    run(
+        workers=args.workers,
+        prompts=args.prompts,
+        n=args.n,
+        slots=args.slots,
+        max_new_tokens=args.max_new_tokens,
+        every=args.every,
+        warmup_steps=args.warmup_steps,
+        task=args.task,
+        temperature=args.temperature,
+        model=args.model,
+        json_path=args.json,
+        seed=args.seed,
+        **given,
+    )
+    return 0
+
+
 def _names(text: str) -> tuple[str, ...]:
     """A comma list from the command line: 'a, b,' -> ('a', 'b')."""
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -387,10 +433,16 @@ def main(argv: list[str] | None = None) -> int:
             run_predictor(model=args.model, json_path=args.json, quick=args.quick, every=args.every)
             return 0
         if args.command == "bench" and args.bench == "rollout":
+            from rollout_len.bench.rollout import DEFAULT_POLICIES
             from rollout_len.bench.rollout import run as run_rollout
 
+            if args.mode == "partial":
+                return _rollout_partial(args)
+            partial_only = [f"--{f.replace('_', '-')}" for f in ROLLOUT_PARTIAL_FLAGS if getattr(args, f) is not None]
+            if partial_only:
+                raise ValueError(f"{partial_only[0]} applies to --mode partial only")
             run_rollout(
-                _names(args.policies),
+                _names(args.policies) if args.policies is not None else DEFAULT_POLICIES,
                 workers=args.workers,
                 prompts=args.prompts,
                 n=args.n,
@@ -398,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_new_tokens=args.max_new_tokens,
                 every=args.every,
                 warmup_steps=args.warmup_steps,
-                repeats=args.repeats,
+                repeats=args.repeats if args.repeats is not None else 3,
                 task=args.task,
                 temperature=args.temperature,
                 model=args.model,

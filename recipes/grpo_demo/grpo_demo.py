@@ -25,6 +25,14 @@ chosen in docs/results/workload.md; `--task gsm8k`: GSM8K, step by step). One GR
   update_weights the trainer's weights to every rollout worker, then a check that the workers' logits on a
                  prompt match the trainer's
 
+`--mode partial` trains on stall-free steps instead (LengthAwareRollout.generate_partial): each step returns
+prompts_per_step complete groups out of prompts_per_step / (1 - over_sample_rate) in flight and carries the rest,
+with their tokens, into the next step (a carried sample older than max_staleness steps is restarted or its group
+dropped: on_stale); the actor weights stale tokens by verl's truncated importance ratio (rollout_is_threshold).
+Beside it, as a measurement, gen_fcfs is an fcfs synchronous rollout of the prompts a synchronous run would take at
+that step; the figures are trained tokens per second of both and their ratio with a 95% bootstrap interval over
+steps, and the staleness histogram (rollout_len.verl.partial_report; no simulator replay, no HTML report).
+
 Timings follow verl's names (timing_s/gen, ..., timing_s/step = the step without gen_fcfs). The rollout
 times compared (timing_s/gen, timing_s/gen_fcfs) are driver wall times of the two rollouts, each with its
 tokenization and packing; the length-aware one also pays the predictor's re-fit. Over the steps: the median
@@ -50,7 +58,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("grpo_demo.yaml")
 ACTOR_KEYS = ("train_layers", "lr", "weight_decay", "grad_clip", "clip_ratio", "loss_agg_mode", "temperature")
-PARTIAL_NOTE = "not measured here: the stall-free mode is built separately and not yet part of this demo"
+PARTIAL_NOTE = "not measured in a synchronous run: the stall-free mode is its own run (--mode partial)"
 
 
 def load_config(argv: list[str] | None = None) -> dict:
@@ -88,6 +96,16 @@ def load_config(argv: list[str] | None = None) -> dict:
             f"overlong_buffer (--overlong-buffer) must be in 0..max_new_tokens ({args['max_new_tokens']}), "
             f"got {args['overlong_buffer']}"
         )
+    if args["mode"] not in MODES:
+        raise ValueError(f"mode (--mode) {args['mode']!r} is unknown; valid: {MODES}")
+    if not 0 <= args["over_sample_rate"] < 1:
+        raise ValueError(f"over_sample_rate (--over-sample-rate) must be in [0, 1), got {args['over_sample_rate']}")
+    if args["max_staleness"] < 0:
+        raise ValueError(f"max_staleness (--max-staleness) must be >= 0, got {args['max_staleness']}")
+    from rollout_len.sched.partial import ON_STALE
+
+    if args["on_stale"] not in ON_STALE:
+        raise ValueError(f"on_stale (--on-stale) {args['on_stale']!r} is unknown; valid: {list(ON_STALE)}")
     if args["train_layers"] < 0:
         raise ValueError(f"train_layers (--train-layers) must be >= 0 (0: every weight), got {args['train_layers']}")
     _check_numbers(args)
@@ -111,6 +129,7 @@ def load_config(argv: list[str] | None = None) -> dict:
 
 
 WANDB_MODES = ("offline", "online", "disabled")
+MODES = ("sync", "partial")
 
 
 def _check_numbers(args: dict) -> None:
@@ -124,6 +143,7 @@ def _check_numbers(args: dict) -> None:
         "clip_ratio": (lambda v: v > 0, "> 0"),
         "format_score": (lambda v: True, "a finite number"),
         "overlong_penalty": (lambda v: True, "a finite number"),
+        "rollout_is_threshold": (lambda v: v > 0, "> 0"),
     }
     for key, (valid, what) in ranges.items():
         value = float(args[key])
@@ -160,12 +180,22 @@ class GRPODemo:
         # rollout workers then load the converted copy.
         policy = load_policy(c["model"], dtype=c["dtype"], device=c["device"])
         self.model, self.tokenizer = policy.model, policy.tokenizer
-        self.actor = GRPOActor(self.model, **{key: c[key] for key in ACTOR_KEYS})
+        partial = c["mode"] == "partial"
+        correction = c["rollout_is_threshold"] if partial else None  # synchronous rollouts are on-policy
+        self.actor = GRPOActor(self.model, rollout_is_threshold=correction, **{key: c[key] for key in ACTOR_KEYS})
         penalty = {key: c[key] for key in ("format_score", "overlong_buffer", "overlong_penalty")}
         self.reward_manager = answer_reward_manager(
             self.tokenizer, max_response_length=c["max_new_tokens"], method=c["reward_method"], **penalty
         )
-        self.prompts = task_prompts(c["task"], c["steps"] * c["prompts_per_step"], c["seed"])
+        self.partial_run = None
+        per_step = c["prompts_per_step"]
+        if partial:
+            from rollout_len.sched.partial import PartialConfig, PartialRun
+
+            settings_partial = PartialConfig(per_step, c["over_sample_rate"], c["max_staleness"], c["on_stale"])
+            self.partial_run, self.next_prompt = PartialRun(settings_partial), 0
+            per_step = max(per_step, settings_partial.in_flight)  # the most a partial step can launch
+        self.prompts = task_prompts(c["task"], c["steps"] * per_step, c["seed"])
         settings = {f.name: c[f.name] for f in fields(RolloutConfig) if f.name in c}  # seed, workers, slots, ...
         self.replay = SimReplay(coordinator_config(settings, "settings"), c["max_new_tokens"])
         self.started_ray = not ray.is_initialized()
@@ -214,10 +244,6 @@ class GRPODemo:
 
     def train_step(self, step: int) -> dict:
         """One GRPO step; returns its metrics (verl's names plus rollout_len/*) and the two timelines."""
-        from verl.trainer.ppo import core_algos
-        from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_timing_metrics
-        from verl.utils.debug.metrics import calculate_debug_metrics
-
         from rollout_len.verl.demo_report import (
             RESULT_KEY,
             comparison_metrics,
@@ -240,6 +266,25 @@ class GRPODemo:
         prompt_tokens = int(data.batch["attention_mask"][:, :prompt_width].sum(dim=1).float().mean())
         cost = step_cost_model(data.meta_info[RESULT_KEY]["metrics"])
         sim = self.replay.step(lengths, prompt_tokens, seed=c["seed"] + step, cost=cost)
+
+        metrics, details = self.learn(data, timing)
+        metrics.update(comparison_metrics(data, blind, timing))
+        return {
+            "metrics": metrics,
+            "timelines": timelines(data, blind),
+            "first": "length_aware" if step % 2 == 0 else "fcfs",
+            "step_fcfs_s": timing["step"] - timing["gen"] + timing["gen_fcfs"],
+            "lengths": lengths,
+            "sim": sim,
+            "responses": response_records(data, details),
+        }
+
+    def learn(self, data, timing: dict[str, float]) -> tuple[dict, list[dict]]:
+        """reward, adv, update_actor and update_weights on a rollout's data (timed into `timing`);
+        returns verl's step metrics and the per-row reward details."""
+        from verl.trainer.ppo import core_algos
+        from verl.trainer.ppo.metric_utils import compute_data_metrics, compute_timing_metrics
+        from verl.utils.debug.metrics import calculate_debug_metrics
 
         start = time.perf_counter()
         scores, details = self.rewards(data)
@@ -267,20 +312,50 @@ class GRPODemo:
             **{f"timing_s/{k}": v for k, v in data.meta_info["timing"].items()},  # as verl's trainer logs them
             **calculate_debug_metrics(data),
             **actor_metrics,
-            **comparison_metrics(data, blind, timing),
             "rollout_len/sync_max_logit_diff": self.worker_logit_diff(self.probe),
             "reward/correct_mean": float(np.mean([d["acc"] for d in details])),
             "reward/overlong_penalty_mean": float(np.mean([d["overlong_reward"] for d in details])),
             # Timings are wall times: other work on the machine shows here (1-minute load average).
             "system/load_average": os.getloadavg()[0],
         }
+        return metrics, details
+
+    def partial_step(self, step: int) -> dict:
+        """One GRPO step on a partial rollout, beside an fcfs synchronous rollout of the prompts a
+        synchronous run would take (measurement only; the two alternate which goes first)."""
+        from rollout_len.verl import POLICY_KEY, SEED_KEY
+        from rollout_len.verl.demo_report import response_records
+        from rollout_len.verl.gsm8k import records_batch, task_records
+        from rollout_len.verl.partial_report import summary_row
+
+        c, q = self.cfg, self.cfg["prompts_per_step"]
+        launch = self.partial_run.groups_to_launch()
+        items = self.prompts[self.next_prompt : self.next_prompt + launch]
+        self.next_prompt += launch
+        source = f"rollout_len/{c['task']}"
+        batch = None  # the carried groups fill the step
+        if launch:
+            batch = records_batch(task_records(items, source), c["samples_per_prompt"], uid_prefix=f"step{step}-")
+            batch.meta_info[SEED_KEY] = c["seed"] + step
+        fcfs_items = self.prompts[step * q : (step + 1) * q]
+        fcfs_batch = records_batch(task_records(fcfs_items, source), c["samples_per_prompt"], uid_prefix=f"f{step}-")
+        fcfs_batch.meta_info.update({SEED_KEY: c["seed"] + step, POLICY_KEY: "fcfs"})
+        timing: dict[str, float] = {}
+        first = "partial" if step % 2 == 0 else "fcfs"
+        for which in (first, "fcfs" if first == "partial" else "partial"):
+            start = time.perf_counter()
+            if which == "partial":
+                data, self.partial_run = self.rollout.generate_partial(batch, self.partial_run)
+                timing["gen"] = time.perf_counter() - start
+            else:
+                blind = self.rollout.generate_sequences(fcfs_batch)
+                timing["gen_fcfs"] = time.perf_counter() - start
+        metrics, details = self.learn(data, timing)
+        metrics.update({"timing_s/gen_fcfs": timing["gen_fcfs"], "demo/launched_groups": launch})
+        metrics["demo/first_rollout"] = first
         return {
             "metrics": metrics,
-            "timelines": timelines(data, blind),
-            "first": "length_aware" if step % 2 == 0 else "fcfs",
-            "step_fcfs_s": timing["step"] - timing["gen"] + timing["gen_fcfs"],
-            "lengths": lengths,
-            "sim": sim,
+            "row": summary_row(step, metrics, data, blind),
             "responses": response_records(data, details),
         }
 
@@ -322,6 +397,41 @@ def measure(rows: list[dict], max_new_tokens: int) -> dict:
     }
 
 
+def measure_partial(rows: list[dict], max_new_tokens: int) -> dict:
+    """A partial-mode run's figures so far (rows: `partial_report.summary_row`): throughput of the
+    partial run and of the fcfs measurements (trained tokens / rollout seconds, summed over steps),
+    their ratio with a 95% bootstrap interval over steps, the share of trained tokens at staleness
+    <= 1, the staleness histogram, the capped share, and the reward's least-squares slope with its
+    interval (None before two steps)."""
+    from rollout_len.bench.rollout import throughput_ratio_ci
+    from rollout_len.verl.demo_report import slope_ci
+
+    ratio, ci = throughput_ratio_ci(
+        [r["trained_tokens"] for r in rows],
+        [r["rollout_time_s"] for r in rows],
+        [r["fcfs_tokens"] for r in rows],
+        [r["fcfs_rollout_time_s"] for r in rows],
+    )
+    staleness: dict[str, int] = {}
+    for r in rows:
+        for key, value in r["staleness_tokens"].items():
+            staleness[key] = staleness.get(key, 0) + value
+    tokens = sum(staleness.values())
+    lengths = np.array([x for r in rows for g in r["lengths"] for x in g])
+    slope, slope_ci95 = slope_ci([r["step"] for r in rows], [r["reward_mean"] for r in rows])
+    return {
+        "partial_tokens_per_s": sum(r["trained_tokens"] for r in rows) / sum(r["rollout_time_s"] for r in rows),
+        "fcfs_tokens_per_s": sum(r["fcfs_tokens"] for r in rows) / sum(r["fcfs_rollout_time_s"] for r in rows),
+        "partial_throughput_ratio": ratio,
+        "partial_throughput_ratio_ci95": list(ci),
+        "fresh_token_share": sum(v for k, v in staleness.items() if int(k) <= 1) / tokens if tokens else None,
+        "staleness_tokens": dict(sorted(staleness.items(), key=lambda kv: int(kv[0]))),
+        "capped_fraction": float((lengths >= max_new_tokens).mean()),
+        "reward_slope": slope,
+        "reward_slope_ci95": slope_ci95,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     from rollout_len.verl import demo_report as report
 
@@ -335,6 +445,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"ready in {demo.setup_s:.1f} s (workers vs trainer: |logit diff| {demo.start_logit_diff:.2e})", flush=True)
     run = report.start_wandb(cfg, out)
     rows = []
+    if cfg["mode"] == "partial":
+        return _main_partial(cfg, demo, run, out, wall)
     try:
         for step in range(cfg["steps"]):
             result = demo.train_step(step)
@@ -343,6 +455,32 @@ def main(argv: list[str] | None = None) -> dict:
             print(report.step_line(r, result["metrics"], measured), flush=True)
             png = report.write_step(out, step, result, max_workers=cfg["num_workers"]) if out is not None else None
             report.log_step(run, step, result["metrics"], r, measured, png)
+    finally:
+        demo.cleanup()
+    wall = time.perf_counter() - wall
+    print(report.format_table(rows, measured))
+    summary = report.write_summary(cfg, rows, measured, out, run, setup_s=demo.setup_s, wall_time_s=wall)
+    print(f"total wall time {wall:.0f} s")
+    return summary
+
+
+def _main_partial(cfg: dict, demo: GRPODemo, run, out: Path | None, wall: float) -> dict:
+    """The steps of a partial-mode run (rollout_len.verl.partial_report)."""
+    import json
+
+    from rollout_len.verl import partial_report as report
+
+    rows = []
+    try:
+        for step in range(cfg["steps"]):
+            result = demo.partial_step(step)
+            rows.append(result["row"])
+            measured = measure_partial(rows, cfg["max_new_tokens"])
+            print(report.step_line(result["row"], measured), flush=True)
+            report.log_step(run, step, result["metrics"], result["row"], measured)
+            if out is not None:
+                with (out / "responses.jsonl").open("a" if step else "w", encoding="utf-8") as f:
+                    f.writelines(json.dumps({"step": step, **r}) + "\n" for r in result["responses"])
     finally:
         demo.cleanup()
     wall = time.perf_counter() - wall

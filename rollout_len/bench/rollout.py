@@ -106,6 +106,31 @@ def bootstrap_median_ci(
     return float(lo), float(hi)
 
 
+def throughput_ratio_ci(
+    tokens: list[float],
+    seconds: list[float],
+    base_tokens: list[float],
+    base_seconds: list[float],
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, tuple[float, float]]:
+    """Throughput (sum tokens / sum seconds) over a base's, with a percentile bootstrap interval:
+    index i pairs the runs' i-th steps (or rounds), and pairs are resampled with replacement.
+    Returns (ratio, (low, high)). Raises ValueError for lists of unequal or zero length."""
+    arrays = [np.asarray(x, dtype=float) for x in (tokens, seconds, base_tokens, base_seconds)]
+    k = arrays[0].size
+    if k == 0 or any(a.size != k for a in arrays):
+        raise ValueError(f"throughput_ratio_ci needs four lists of one length >= 1, got {[a.size for a in arrays]}")
+    t, s, bt, bs = arrays
+    ratio = float((t.sum() / s.sum()) / (bt.sum() / bs.sum()))
+    idx = np.random.default_rng(seed).integers(0, k, size=(resamples, k))
+    ratios = (t[idx].sum(1) / s[idx].sum(1)) / (bt[idx].sum(1) / bs[idx].sum(1))
+    tail = 50 * (1 - level)
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return ratio, (float(lo), float(hi))
+
+
 def summarize(per_round: list[float | None]) -> dict:
     """{"median", "ci95", "rounds"} of per-round values; rounds where it is undefined (None) are
     left out of the median and interval, which are None when no round defines it."""

@@ -10,6 +10,15 @@
     coord.update_weights(model.state_dict())   # after an optimizer step
     coord.shutdown()
 
+A partial (stall-free) step stops once `quota` GRPO groups are complete and carries every other
+sample, with its tokens, into the next partial step (rollout_len.sched.partial states the semantics):
+
+    run = PartialRun(PartialConfig(quota=8, over_sample_rate=0.5, max_staleness=1))
+    new = expand_prompts(next_prompts(run.groups_to_launch()), n=8, ...)
+    result = coord.run_partial_step(new, run, policy="length_aware_partial")
+    result.groups        # {group id: [Tagged(sample, versions)]}: quota whole groups, min/max_version each
+    run = result.run     # what the next partial step carries (the given run is not changed)
+
 With `use_ray=False` the workers live in this process and run one after another (tests, debugging;
 its times are not parallel). On a cluster, `ray_address` joins it; each worker takes
 `threads_per_worker` CPUs or `gpus_per_worker` GPUs. The PLP head starts from `head_path` (a head
@@ -34,16 +43,17 @@ from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead, la
 from rollout_len.predictor.train import OnlineTrainer
 from rollout_len.rollout.worker import RolloutWorker
 from rollout_len.sample import Sample, SampleStatus
-from rollout_len.sched.bucket_manager import BucketManager
+from rollout_len.sched.bucket_manager import BucketManager, Tagged
 from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
 from rollout_len.sched.driver import WorkerDied, drive
 from rollout_len.sched.messages import Orders
+from rollout_len.sched.partial import PartialRun, quota_met
 from rollout_len.sched.policies import POLICIES, make_policy
 from rollout_len.sched.predictions import PREDICTION_SOURCES, LengthPrior, PredictionQuality
 from rollout_len.sched.simulator import floor_s
 from rollout_len.sched.timeline import Timeline
 
-__all__ = ["RolloutConfig", "Coordinator", "StepFailed", "StepResult"]
+__all__ = ["RolloutConfig", "Coordinator", "PartialStepResult", "StepFailed", "StepResult"]
 
 DTYPES = ("float32", "bfloat16", "float16")  # rollout_len.model.load_policy
 STEP_LOG_WINDOW = 20_000  # timed engine steps the cost model is refitted to (a few recent RL steps)
@@ -150,6 +160,39 @@ class StepResult:
         for s in self.samples:
             out.setdefault(s.group_id or s.sample_id, []).append(s)
         return out
+
+
+@dataclass
+class PartialStepResult:
+    """What a partial step returns: `quota` complete GRPO groups, each whole, in completion order.
+    Each sample comes as a `Tagged` (sample, (policy version, tokens) runs): its tokens may come from
+    earlier steps' weights; `min_version` / `max_version` are verl's `min_global_steps` /
+    `max_global_steps`, and `version` (this step's) minus a run's version is its tokens' staleness."""
+
+    groups: dict[str, list[Tagged]]
+    version: int  # the policy version this step decoded with (partial steps run before it)
+    metrics: dict[str, float]
+    timeline: Timeline
+    policy: str
+    run: PartialRun  # the run's state for its next step: what this step carried over, the next version
+
+    @property
+    def carried(self) -> int:
+        """Samples carried into the next step (unfinished, or finished and waiting for their group)."""
+        return len(self.run.carried)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [t.sample for group in self.groups.values() for t in group]
+
+    def staleness_tokens(self) -> dict[int, int]:
+        """Staleness (steps: this step's version minus the token's) -> tokens of the returned samples."""
+        out: dict[int, int] = {}
+        for group in self.groups.values():
+            for t in group:
+                for v, n in t.versions:
+                    out[self.version - v] = out.get(self.version - v, 0) + n
+        return dict(sorted(out.items()))
 
 
 class LocalCluster:
@@ -377,15 +420,100 @@ class Coordinator:
         (sample id -> tokens) feeds the oracle. `on_report(coordinator, worker_id, report)` is called
         after each chunk (fault drills, progress).
         """
+        self._check_samples(samples, policy)
+        index = {s.sample_id: i for i, s in enumerate(samples)}
+        manager, timeline, metrics = self._run([s.copy() for s in samples], {}, policy, true_lengths, on_report, index)
+        done = {s.sample_id: s for s in manager.finished}
+        for s in samples:  # the caller's objects are filled in only when the step succeeds
+            f = done[s.sample_id]
+            s.output_ids, s.logprobs, s.status, s.rng_state = f.output_ids, f.logprobs, f.status, None
+        plans = getattr(manager.policy, "plans", [])
+        return StepResult(list(samples), metrics, timeline, policy, plans)
+
+    def run_partial_step(
+        self,
+        samples: list[Sample],
+        run: PartialRun,
+        policy: str = "length_aware_partial",
+        true_lengths: dict[str, int] | None = None,
+        on_report=None,
+    ) -> PartialStepResult:
+        """A partial (stall-free) step of `run` (rollout_len.sched.partial.PartialRun: its settings, what
+        its last step carried over, its policy version): the carried samples (first) and the new
+        `samples` (fresh groups, e.g. `run.groups_to_launch()` of them) decode until `quota` groups
+        are complete; returns those groups whole, and in `result.run` the run's state for its next
+        step (the rest carried over, the next version; `run` itself is not changed, so this works
+        the same through a Ray actor handle). Unfinished samples keep their tokens, log-probs and RNG
+        state and resume there by a re-prefill of prompt + tokens under the weights of then (every
+        worker is reset at the step's end, so a weight update between steps reaches them; PLP starts
+        its pooling again at the resumed position). Before the step, a carried sample older than
+        `max_staleness` steps is restarted or its group dropped (`on_stale`; counted in the
+        metrics). Synchronous `run_step` calls in between, and other runs on this Coordinator,
+        neither see nor change it.
+        `weight_sync_s` is a simulator setting and must be 0 here. Errors as `run_step` (after a
+        failed step, retry with the same `run`; the new samples are the caller's to resubmit).
+        """
+        if not isinstance(run, PartialRun):
+            raise TypeError(f"run must be a rollout_len.sched.partial.PartialRun, got {type(run).__name__}")
+        partial = run.config
+        if partial.weight_sync_s:
+            raise ValueError(
+                f"PartialConfig.weight_sync_s={partial.weight_sync_s} is the simulator's stand-in for the weight "
+                "update; a live step measures its own: set it to 0"
+            )
+        self._check_samples(samples, policy, allow_empty=True)
+        carried, stale = run.bounded()
+        clash = {t.sample.sample_id for t in carried} & {s.sample_id for s in samples}
+        if clash:
+            raise ValueError(
+                f"sample ids {sorted(clash)[:3]} are carried from the previous partial step: new samples need new ids"
+            )
+        clash = {t.group for t in carried} & {s.group_id or s.sample_id for s in samples}
+        if clash:
+            raise ValueError(
+                f"groups {sorted(clash)[:3]} are carried from the previous partial step: new groups need new ids"
+            )
+        work = [t.sample.copy() for t in carried] + [s.copy() for s in samples]
+        if not work:
+            raise ValueError("run_partial_step needs samples: none are carried and none were given")
+        index = {s.sample_id: i for i, s in enumerate(samples)}
+        runs = {t.sample.sample_id: t.versions for t in carried}
+        version = run.version
+        manager, timeline, metrics = self._run(
+            work, runs, policy, true_lengths, on_report, index, until=quota_met(partial.quota), version=version
+        )
+        end = manager.end_step(partial.quota)
+        after = PartialRun(partial, end.carried, version + 1)
+        result = PartialStepResult(end.groups, version, metrics, timeline, policy, after)
+        trained = sum(s.num_output for s in result.samples)
+        staleness = result.staleness_tokens()
+        metrics.update(
+            {
+                "groups": float(len(end.groups)),
+                "trained_tokens": float(trained),
+                "trained_tokens_per_s": trained / max(metrics["step_time_s"], 1e-9),
+                "fresh_token_share": sum(n for s, n in staleness.items() if s <= 1) / trained if trained else math.nan,
+                "carried_samples": float(len(end.carried)),
+                "carried_in": float(len(carried)),
+                "restarted": float(stale.restarted),
+                "dropped_groups": float(stale.dropped_groups),
+                "wasted_tokens": float(stale.wasted_tokens),
+                **{f"staleness_tokens_{s}": float(n) for s, n in staleness.items()},
+            }
+        )
+        return result
+
+    def _check_samples(self, samples: list[Sample], policy: str, allow_empty: bool = False) -> None:
+        """Refuse, before anything runs, what a step cannot take (errors name the sample)."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid: {sorted(POLICIES)}")
-        if not samples:
+        if not samples and not allow_empty:
             raise ValueError("run_step needs at least one sample")
         if not self.workers:
             raise RuntimeError("every rollout worker is dead; start a new Coordinator")
         bad = [type(s).__name__ for s in samples if not isinstance(s, Sample)]
         if bad:
-            raise TypeError(f"run_step takes rollout_len.sample.Sample objects, got {bad[0]}")
+            raise TypeError(f"a rollout step takes rollout_len.sample.Sample objects, got {bad[0]}")
         ids = [s.sample_id for s in samples]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -394,8 +522,20 @@ class Coordinator:
         if started:
             raise ValueError(f"samples must be fresh (WAITING, no output or log-probs): {started[:3]}")
         self._check_fits(samples)
-        index = {s.sample_id: i for i, s in enumerate(samples)}
-        work = [s.copy() for s in samples]  # the caller's objects are filled in only when the step succeeds
+
+    def _run(
+        self,
+        work: list[Sample],
+        versions: dict,
+        policy: str,
+        true_lengths: dict[str, int] | None,
+        on_report,
+        index: dict[str, int],
+        until=None,
+        version: int = 0,
+    ) -> tuple[BucketManager, Timeline, dict[str, float]]:
+        """One step of `work` (copies; carried ones first) until done or `until` holds: the manager
+        after it, the timeline and the step's metrics. Errors -> StepFailed, workers reset."""
         seed = self.config.seed + self.steps
         waited = time.perf_counter()
         try:  # refit_lag 0: the last step's re-fit (it ran while the caller updated the policy) sends its head
@@ -418,22 +558,25 @@ class Coordinator:
             true_lengths=true_lengths,
             head_state=self._head_state,
             seed=seed,
+            version=version,
         )
         try:
-            manager.submit(work)
+            manager.submit(work, versions)
         except Exception as err:  # nothing has reached a worker yet
             raise StepFailed(f"rollout step ({policy}) failed before starting: {err}") from err
         cluster = RayCluster(self.workers) if self.config.use_ray else LocalCluster(self.workers)
         observed = _Observed(cluster, on_report, self) if on_report is not None else cluster
         start = time.perf_counter()
         try:
-            timeline = drive(manager, observed, self.config.every)
+            timeline = drive(manager, observed, self.config.every, until)
         except BaseException as err:  # KeyboardInterrupt too: the workers must not keep the step's samples
             self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
             self._recover(cluster)
             if not isinstance(err, Exception):
                 raise
             raise StepFailed(f"rollout step ({policy}) failed: {_name_samples(str(err), index)}") from err
+        if until is not None and not manager.done():  # samples left in the engines resume by re-prefill
+            self._recover(cluster)
         wall = time.perf_counter() - start
         self._drop_dead({w.worker_id for w in manager.workers if not w.alive})
         try:
@@ -444,13 +587,7 @@ class Coordinator:
             raise StepFailed(f"rollout step ({policy}): the predictor's online re-fit failed: {err}") from err
         self.steps += 1
         self._fit_cost(timeline)
-        done = {s.sample_id: s for s in manager.finished}
-        for s in samples:
-            f = done[s.sample_id]
-            s.output_ids, s.logprobs, s.status, s.rng_state = f.output_ids, f.logprobs, f.status, None
-        metrics = self._metrics(manager, timeline, wall, refit_s)
-        plans = getattr(manager.policy, "plans", [])
-        return StepResult(list(samples), metrics, timeline, policy, plans)
+        return manager, timeline, self._metrics(manager, timeline, wall, refit_s)
 
     def _fit_cost(self, timeline: Timeline) -> None:
         """Refit the cost model to the last STEP_LOG_WINDOW timed engine steps, once there are
@@ -549,8 +686,11 @@ class Coordinator:
         # Every prediction made in the step, scored on the true length, beside its baseline at the same t:
         # the constant median at admission (t = 0), the survival prior in flight. The prior has seen
         # this step's lengths by now, which can only flatter the baseline.
+        # A partial step scores only the samples that finished in it (the others' lengths are unknown).
         errors, scored = [], {"admission": ([], []), "inflight": ([], [])}
         for t in manager.samples.values():
+            if not t.sample.status.is_finished:
+                continue
             length, max_new = t.sample.num_output, t.sample.params.max_new_tokens
             for done, predicted in t.history:
                 errors.append(abs(predicted - (length - done)))

@@ -20,6 +20,7 @@ No module here imports torch, transformers, Ray or the engine (a test checks it)
 from rollout_len.sched.bucket_manager import BucketManager
 from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
 from rollout_len.sched.driver import drive
+from rollout_len.sched.partial import PartialConfig, PartialRun, simulate_partial
 from rollout_len.sched.policies import POLICIES, Policy, make_policy, register_policy
 from rollout_len.sched.predictions import PredictionQuality
 from rollout_len.sched.simulator import load_trace, simulate
@@ -29,6 +30,8 @@ __all__ = [
     "CostModel",
     "DEFAULT_COST_PROFILE",
     "POLICIES",
+    "PartialConfig",
+    "PartialRun",
     "Policy",
     "PredictionQuality",
     "drive",
@@ -36,4 +39,5 @@ __all__ = [
     "make_policy",
     "register_policy",
     "simulate",
+    "simulate_partial",
 ]

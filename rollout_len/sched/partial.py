@@ -68,6 +68,7 @@ __all__ = [
     "PARTIAL_ROWS",
     "PartialConfig",
     "PartialResult",
+    "PartialRun",
     "StepRecord",
     "bound_staleness",
     "quota_met",
@@ -109,6 +110,32 @@ class PartialConfig:
     def in_flight(self) -> int:
         """Groups a partial step holds in flight: quota / (1 - over_sample_rate), rounded up."""
         return math.ceil(self.quota / (1.0 - self.over_sample_rate) - 1e-9)
+
+
+@dataclass
+class PartialRun:
+    """The state a run of partial steps keeps between steps: what the last step carried over and the
+    policy version of the next step (the number of partial steps before it: verl's `global_steps`
+    when one weight update follows each step). The live Coordinator (`run_partial_step`) and
+    `simulate_partial` both step one; several runs can share one Coordinator."""
+
+    config: PartialConfig
+    carried: list[Tagged] = field(default_factory=list)
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.config, PartialConfig):
+            raise TypeError(f"PartialRun takes a PartialConfig, got {type(self.config).__name__}")
+
+    def bounded(self) -> tuple[list[Tagged], StaleCount]:
+        """The carried samples after the staleness bound of the next step, and what it discarded."""
+        c = self.config
+        return bound_staleness(self.carried, self.version, c.max_staleness, c.on_stale)
+
+    def groups_to_launch(self) -> int:
+        """New groups the next step should get: `config.in_flight` less the groups carried into it
+        (after its staleness bound; 0 when those fill it)."""
+        return max(0, self.config.in_flight - len({t.group for t in self.bounded()[0]}))
 
 
 def quota_met(quota: int) -> Callable[[BucketManager], bool]:
@@ -248,14 +275,14 @@ def simulate_partial(
     policy, partial = PARTIAL_ROWS[row]
     quality, prior = quality or PredictionQuality(), prior or LengthPrior()
     result = PartialResult(row, policy, partial)
-    carried: list[Tagged] = []
+    run = PartialRun(config)
     true: dict[str, int] = {}
     means: dict[str, float] = {}
     predicts = POLICIES[policy].uses_predictions
     for v in range(steps):
-        carried, stale = bound_staleness(carried, v, config.max_staleness, config.on_stale)
-        launch = config.in_flight - len({t.group for t in carried}) if partial else config.quota
-        fresh = _new_prompts(prompts, max(launch, 0), v, max_new_tokens, prompt_tokens, seed, true, means)
+        carried, stale = run.bounded()
+        launch = run.groups_to_launch() if partial else config.quota
+        fresh = _new_prompts(prompts, launch, v, max_new_tokens, prompt_tokens, seed, true, means)
         manager = BucketManager(
             make_policy(policy), num_workers, slots, cost, quality=quality, prior=prior, seed=seed + v, version=v
         )
@@ -264,7 +291,7 @@ def simulate_partial(
         until = quota_met(config.quota) if partial else None
         timeline = drive(manager, SimCluster(workers), every, until)
         end = manager.end_step(config.quota if partial else None)
-        carried = end.carried
+        run.carried, run.version = end.carried, v + 1
         trained = 0
         for group in end.groups.values():
             for t in group:
@@ -278,15 +305,15 @@ def simulate_partial(
                 len(end.groups),
                 trained,
                 manager.decode_tokens,
-                len(carried),
-                max(launch, 0),
+                len(end.carried),
+                launch,
                 stale.restarted,
                 stale.dropped_groups,
                 stale.wasted_tokens,
             )
         )
         result.policy_s += manager.policy_s
-    result.unreturned_tokens = sum(t.sample.num_output for t in carried)
+    result.unreturned_tokens = sum(t.sample.num_output for t in run.carried)
     return result
 
 

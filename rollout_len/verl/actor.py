@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from verl import DataProto
 from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_weights
 from verl.utils.torch_functional import logprobs_from_logits
 from verl.workers.config.actor import FSDPActorConfig
 
@@ -106,9 +107,17 @@ class GRPOActor:
         clip_ratio: float = 0.2,
         loss_agg_mode: str = "token-mean",
         temperature: float = 1.0,
+        rollout_is_threshold: float | None = None,
     ):
+        """`rollout_is_threshold`: None trains on-policy (ratio 1); a number > 0 weights each token by
+        the truncated importance ratio pi_train / pi_rollout (verl's rollout correction, token level,
+        weights clamped at the threshold: `rollout_corr_helper.compute_rollout_correction_weights`),
+        for rollouts made by older weights (partial steps carry tokens across weight updates)."""
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (log-probs of a sampled policy), got {temperature}")
+        if rollout_is_threshold is not None and not (math.isfinite(rollout_is_threshold) and rollout_is_threshold > 0):
+            raise ValueError(f"rollout_is_threshold must be None or a number > 0, got {rollout_is_threshold}")
+        self.rollout_is_threshold = rollout_is_threshold
         self.model = model
         self.params = trainable_parameters(model, train_layers)
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
@@ -127,11 +136,14 @@ class GRPOActor:
     def update(self, data: DataProto) -> dict[str, float]:
         """One optimizer step on the batch; one forward/backward per GRPO group (rows sharing a `uid`).
 
-        `data` holds verl's rollout fields, `advantages` (B, response_length) and `uid` per row. Adds
-        `old_log_probs` (B, response_length) to `data.batch` (row order kept). Returns verl's actor
-        metrics: actor/pg_loss, pg_clipfrac, grad_norm, lr, and actor/param_update_norm (L2 norm of the
-        parameter change).
+        `data` holds verl's rollout fields, `advantages` (B, response_length) and `uid` per row (and
+        `rollout_log_probs` with a `rollout_is_threshold`). Adds `old_log_probs` (B, response_length) to
+        `data.batch` (row order kept). Returns verl's actor metrics: actor/pg_loss, pg_clipfrac,
+        grad_norm, lr, actor/param_update_norm (L2 norm of the parameter change) and, with the rollout
+        correction, rollout_corr/rollout_is_mean (and verl's other IS-weight figures), averaged over groups.
         """
+        if self.rollout_is_threshold is not None and "rollout_log_probs" not in data.batch.keys():
+            raise ValueError("the rollout correction (rollout_is_threshold) needs rollout_log_probs in the batch")
         mask = data.batch["response_mask"]
         self.config.global_batch_info.update(dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=len(data))
         groups: dict[str, list[int]] = {}
@@ -141,11 +153,18 @@ class GRPOActor:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         old_log_probs = torch.zeros(mask.shape, dtype=torch.float32)
-        loss_sum, clipfrac = 0.0, []
+        loss_sum, clipfrac, correction = 0.0, [], []
         for indices in groups.values():
             rows = torch.tensor(indices)
             log_prob = response_log_probs(self.model, data.batch, rows, self.temperature)
             device = log_prob.device
+            weights = None
+            if self.rollout_is_threshold is not None:
+                log_ratio = log_prob.detach() - data.batch["rollout_log_probs"][rows].to(device)
+                weights, is_metrics = compute_rollout_correction_weights(
+                    log_ratio, mask[rows].to(device), rollout_is="token", rollout_is_threshold=self.rollout_is_threshold
+                )
+                correction.append(is_metrics)
             pg_loss, pg_metrics = core_algos.compute_policy_loss_vanilla(
                 old_log_prob=log_prob.detach(),
                 log_prob=log_prob,
@@ -153,6 +172,7 @@ class GRPOActor:
                 response_mask=mask[rows].to(device),
                 loss_agg_mode=self.config.loss_agg_mode,
                 config=self.config,
+                rollout_is_weights=weights,
             )
             pg_loss.backward()
             loss_sum += float(pg_loss.detach())
@@ -169,6 +189,7 @@ class GRPOActor:
             "actor/grad_norm": float(grad_norm),
             "actor/lr": self.lr,
             "actor/param_update_norm": delta,
+            **{f"rollout_corr/{k}": float(np.mean([m[k] for m in correction])) for k in (correction or [{}])[0]},
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """LengthAwareRollout: a verl agent-loop manager that generates each step's batch with rollout_len.
 
-verl's DataProto trainer (`trainer.use_v1=false`) loads the class named by
-`actor_rollout_ref.rollout.agent.agent_loop_manager_class`, calls
+verl's trainers (the DataProto one, `trainer.use_v1=false`, and v1 in sync mode: rollout_len.verl.v1)
+load the class named by `actor_rollout_ref.rollout.agent.agent_loop_manager_class`, call
 `create(config, llm_client, teacher_client, reward_loop_worker_handles)` once, then
 `generate_sequences(batch)` every step and for validation. See docs/verl.md for the config lines;
 settings for the Coordinator go under `actor_rollout_ref.rollout.custom.rollout_len`.
@@ -23,13 +23,15 @@ import numpy as np
 import ray
 import torch
 from omegaconf import OmegaConf
+from tensordict import TensorDict
 from verl import DataProto
 from verl.trainer.ppo.reward import get_custom_reward_fn
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
-from rollout_len.verl.backend import COORDINATOR_ACTOR_NAME, ROLLOUT_NAME, is_registered
+from rollout_len.sched.partial import PARTIAL_ROWS, PartialRun
+from rollout_len.verl.backend import COORDINATOR_ACTOR_NAME, ROLLOUT_NAME, is_registered, take_pending_weights
 from rollout_len.verl.convert import attach_rewards, to_data_proto, to_samples
 from rollout_len.verl.settings import (
     DEFAULT_POLICY,
@@ -55,6 +57,7 @@ logger = logging.getLogger(__name__)
 SEED_KEY = "rollout_len_seed"  # input meta_info: this call's seed (int)
 POLICY_KEY = "rollout_len_policy"  # input meta_info: this call's scheduling policy (a name in POLICIES)
 RESULT_KEY = "rollout_len"  # output meta_info: {"policy", "seed", "metrics", "timeline"}
+PARTIAL_POLICIES = {policy for policy, partial in PARTIAL_ROWS.values() if partial}  # april, length_aware_partial
 
 
 def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -> LengthAwareSettings:
@@ -65,11 +68,10 @@ def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -
     Returns the resolved settings; starts nothing (no Ray).
     """
     rollout = config.actor_rollout_ref.rollout
-    if config.trainer.get("use_v1", False):
-        raise ValueError(
-            "LengthAwareRollout runs on verl's DataProto trainer: set trainer.use_v1=false (the v1 trainer "
-            "expects each trajectory written to TransferQueue, which LengthAwareRollout does not do)"
-        )
+    if config.trainer.get("use_v1", False):  # verl's v1 trainer: trajectories go to TransferQueue (verl/v1.py)
+        from rollout_len.verl.v1 import check_v1_config
+
+        check_v1_config(config)
     if rollout.name != ROLLOUT_NAME:
         raise ValueError(
             f"actor_rollout_ref.rollout.name={rollout.name}: set it to {ROLLOUT_NAME}, so verl sends the trainer's "
@@ -123,6 +125,21 @@ def _start_coordinator(model: str, config: RolloutConfig):
     return actor_class.remote(model=model, config=config)
 
 
+def _attach_step(output: DataProto, result, times: tuple[float, ...], **info) -> None:
+    """A step's meta_info: `timing` (the phases between the five `times`, then the Coordinator's
+    metrics, all under `rollout_len/`) and RESULT_KEY (`info`, the metrics and the timeline)."""
+    start, tokenized, generated, packed, scored = times
+    metrics = {key: float(value) for key, value in result.metrics.items()}
+    output.meta_info["timing"] = {
+        "rollout_len/tokenize_s": tokenized - start,
+        "rollout_len/generate_s": generated - tokenized,
+        "rollout_len/pack_s": packed - generated,
+        "rollout_len/compute_score_s": scored - packed,
+        **{f"rollout_len/{key}": value for key, value in metrics.items()},
+    }
+    output.meta_info[RESULT_KEY] = {**info, "metrics": metrics, "timeline": result.timeline.to_dict()}
+
+
 class LengthAwareRollout:
     """verl agent-loop manager backed by rollout_len's length-aware Coordinator.
 
@@ -152,7 +169,9 @@ class LengthAwareRollout:
         self._policy = check_policy(policy, "policy")
         self._seed = seed
         self._calls = 0
+        self.last_v1_step: dict | None = None  # meta_info of the last v1 call (v1's trainer takes no return value)
         self._reward_workers = reward_loop_worker_handles
+        self._partial_rows: dict[str, dict] = {}  # sample id -> its row's input fields, while carried
         self._pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._token_builder = create_continuous_token_builder(
             tokenizer, hf_model_type=hf_model_type, chat_template_kwargs=dict(chat_template_kwargs or {})
@@ -181,6 +200,9 @@ class LengthAwareRollout:
                 gpus,
             )
         coordinator = _start_coordinator(model_config.local_path, settings.coordinator)
+        pending = take_pending_weights()  # synced before this Coordinator existed (verl's v1 trainer.init)
+        if pending is not None:
+            ray.get(coordinator.update_weights.remote(pending))
         hf_model_type = getattr(model_config.hf_config, "model_type", None)
         return cls(
             config.actor_rollout_ref.rollout,
@@ -250,8 +272,12 @@ class LengthAwareRollout:
             hf_model_type=hf_model_type,
         )
 
-    def generate_sequences(self, prompts: DataProto) -> DataProto:
+    def generate_sequences(self, prompts: DataProto | TensorDict) -> DataProto | None:
         """One response per row of a verl generation batch, in verl's agent-loop output format, row for row.
+
+        A TensorDict is verl's v1 trainer (`trainer.use_v1=true`): its rows are prompts, each gets
+        `rollout.n` responses, and they are written to TransferQueue instead of returned
+        (rollout_len.verl.v1.generate_to_transfer_queue; the step's meta_info is kept in `last_v1_step`).
 
         Each row is generated from its own `raw_prompt`, in the GRPO group of its `uid`. Optional input
         meta_info: `rollout_len_seed` (int; default: the Coordinator config's seed + the number of
@@ -268,6 +294,11 @@ class LengthAwareRollout:
                 tokens_per_s, ...), "timeline": Timeline.to_dict() (per-worker chunks, migrations)}.
             reward_extra_keys: with reward workers, the extra reward fields (see convert.attach_rewards).
         """
+        if isinstance(prompts, TensorDict):
+            from rollout_len.verl.v1 import generate_to_transfer_queue
+
+            self.last_v1_step = generate_to_transfer_queue(prompts, self.generate_sequences, self._rollout)
+            return None
         start = time.perf_counter()
         policy, seed = self._call_settings(prompts.meta_info)
         samples = to_samples(prompts, self._token_builder, self._rollout, seed)
@@ -281,22 +312,77 @@ class LengthAwareRollout:
         packed = time.perf_counter()
         if self._reward_workers is not None:
             self._score(output, prompts)
-        scored = time.perf_counter()
-        metrics = {key: float(value) for key, value in result.metrics.items()}
-        output.meta_info["timing"] = {
-            "rollout_len/tokenize_s": tokenized - start,
-            "rollout_len/generate_s": generated - tokenized,
-            "rollout_len/pack_s": packed - generated,
-            "rollout_len/compute_score_s": scored - packed,
-            **{f"rollout_len/{key}": value for key, value in metrics.items()},
-        }
-        output.meta_info[RESULT_KEY] = {
-            "policy": policy,
-            "seed": seed,
-            "metrics": metrics,
-            "timeline": result.timeline.to_dict(),
-        }
+        _attach_step(
+            output, result, (start, tokenized, generated, packed, time.perf_counter()), policy=policy, seed=seed
+        )
         return output
+
+    def generate_partial(self, prompts: DataProto | None, run: PartialRun) -> tuple[DataProto, PartialRun]:
+        """A partial (stall-free) step (Coordinator.run_partial_step): the rows of `run.config.quota`
+        complete GRPO groups, launched in this call or earlier ones, and the run's next state.
+
+        Args:
+            prompts: the new groups' rows (verl's generation batch: `raw_prompt` and `uid` per row, n rows
+                per uid, uids not used before), e.g. `run.groups_to_launch()` prompts; None when the
+                carried groups fill the step. meta_info as `generate_sequences` (policy default:
+                `length_aware_partial` unless the configured policy is a partial one).
+            run: the run's state (`rollout_len.sched.partial.PartialRun(PartialConfig(...))` at first, then
+                what the previous call returned).
+
+        Returns the rows of the returned groups, group by group: verl's rollout fields, each row's own
+        input fields (the non-tensor fields of the batch it came in), `min_global_steps` /
+        `max_global_steps` (int64 per row: the oldest and newest policy version among its tokens, as
+        verl's v1 trainer names them; a version is the number of partial steps before the one that made
+        the token) and meta_info as `generate_sequences` (its `rollout_len` entry adds `version`). Rows
+        of groups still in flight are kept here until a later call returns them. Raises ValueError for a
+        batch without `uid` or one reusing a uid in flight, and what `generate_sequences` raises.
+        """
+        start = time.perf_counter()
+        meta = dict(prompts.meta_info) if prompts is not None else {}
+        if POLICY_KEY not in meta and self._policy not in PARTIAL_POLICIES:
+            meta[POLICY_KEY] = "length_aware_partial"
+        policy, seed = self._call_settings(meta)
+        samples, fields = [], {}
+        if prompts is not None and len(prompts):
+            if "uid" not in prompts.non_tensor_batch:
+                raise ValueError("generate_partial needs a 'uid' per row: a partial step returns whole GRPO groups")
+            samples = to_samples(prompts, self._token_builder, self._rollout, seed)
+            for row, sample in enumerate(samples):  # ids unique over calls: rows are carried between them
+                sample.sample_id = f"c{self._calls}-r{row}"
+                fields[sample.sample_id] = {k: v[row] for k, v in prompts.non_tensor_batch.items()}
+        mine = {t.sample.sample_id for t in run.carried} | set(fields)
+        self._partial_rows.update(fields)
+        tokenized = time.perf_counter()
+        try:
+            result = ray.get(self._coordinator.run_partial_step.remote(samples, run, policy))
+        except BaseException:
+            for sid in fields:  # the caller resubmits them
+                self._partial_rows.pop(sid, None)
+            raise
+        generated = time.perf_counter()
+        tagged = [t for group in result.groups.values() for t in group]
+        output = to_data_proto(
+            [t.sample for t in tagged],
+            int(self._rollout.prompt_length),
+            int(self._rollout.response_length),
+            self._pad_token_id,
+        )
+        if not self._rollout.get("calculate_log_probs", True):
+            output.batch.pop("rollout_log_probs")
+        rows = [self._partial_rows[t.sample.sample_id] for t in tagged]
+        inputs = {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]} if rows else {}
+        output.non_tensor_batch.update(inputs)
+        output.non_tensor_batch["min_global_steps"] = np.array([t.min_version for t in tagged], dtype=np.int64)
+        output.non_tensor_batch["max_global_steps"] = np.array([t.max_version for t in tagged], dtype=np.int64)
+        still = {t.sample.sample_id for t in result.run.carried}
+        for sid in mine - still:  # returned, or dropped by the staleness bound
+            self._partial_rows.pop(sid, None)
+        packed = time.perf_counter()
+        if self._reward_workers is not None:
+            self._score(output, DataProto(non_tensor_batch=inputs, meta_info={}))
+        times = (start, tokenized, generated, packed, time.perf_counter())
+        _attach_step(output, result, times, policy=policy, seed=seed, version=result.version)
+        return output, result.run
 
     def _call_settings(self, meta_info: dict) -> tuple[str, int]:
         """(policy, seed) of one call; every call, with or without a seed, advances the default seed."""

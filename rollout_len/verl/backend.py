@@ -6,7 +6,8 @@ verl resolves a rollout backend by name in two registries, filled in every verl 
 - `verl.workers.rollout.base._ROLLOUT_REGISTRY`: the object each hybrid actor worker keeps as
   `self.rollout`. verl's weight sync (`ActorRolloutRefWorker.update_weights`, backend "naive")
   feeds it the trainer's weights after every actor update. `WeightReceiver` forwards them to the
-  Coordinator that LengthAwareRollout started.
+  Coordinator that LengthAwareRollout started (weights sent before it started are held by a
+  `PendingWeights` actor until `create` loads them: verl's v1 trainer syncs once in its `init()`).
 - `verl.workers.rollout.replica.RolloutReplicaRegistry`: the server replicas verl would launch
   (vLLM, SGLang). Generation runs in the Coordinator instead, so `LengthAwareReplica` launches
   nothing, and no vLLM server takes GPU memory.
@@ -25,7 +26,10 @@ from verl.workers.rollout.replica import RolloutMode, RolloutReplica, RolloutRep
 __all__ = [
     "ROLLOUT_NAME",
     "COORDINATOR_ACTOR_NAME",
+    "PENDING_WEIGHTS_ACTOR_NAME",
+    "PendingWeights",
     "WeightReceiver",
+    "take_pending_weights",
     "LengthAwareReplica",
     "register",
     "is_registered",
@@ -33,18 +37,44 @@ __all__ = [
 
 ROLLOUT_NAME = "length_aware"
 COORDINATOR_ACTOR_NAME = "rollout_len_coordinator"  # the Ray actor LengthAwareRollout.create starts
+PENDING_WEIGHTS_ACTOR_NAME = "rollout_len_pending_weights"  # weights sent before that Coordinator started
+MANAGER_CLASS = "rollout_len.verl.LengthAwareRollout"
 
 
 def coordinator_actor():
-    """The running Coordinator actor, or a ValueError that says which config line starts it."""
+    """The running Coordinator actor, or None when none has started."""
     try:
         return ray.get_actor(COORDINATOR_ACTOR_NAME)
     except ValueError:
-        raise ValueError(
-            f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} needs LengthAwareRollout to generate, and it is not "
-            "running: add +actor_rollout_ref.rollout.agent.agent_loop_manager_class="
-            "rollout_len.verl.LengthAwareRollout (and trainer.use_v1=false)"
-        ) from None
+        return None
+
+
+@ray.remote(num_cpus=0)
+class PendingWeights:
+    """Holds the trainer's weights sent before LengthAwareRollout started its Coordinator (verl's v1
+    trainer syncs weights in `trainer.init()`, before it creates the agent-loop manager); `create`
+    takes them (`take_pending_weights`), so a run resumed from a checkpoint starts from its weights."""
+
+    def __init__(self):
+        self.state: dict | None = None
+
+    def put(self, state: dict) -> None:
+        self.state = state
+
+    def take(self) -> dict | None:
+        state, self.state = self.state, None
+        return state
+
+
+def take_pending_weights() -> dict | None:
+    """The weights held for a Coordinator that had not started (and the holder goes), or None."""
+    try:
+        holder = ray.get_actor(PENDING_WEIGHTS_ACTOR_NAME)
+    except ValueError:
+        return None
+    state = ray.get(holder.take.remote())
+    ray.kill(holder)
+    return state
 
 
 class WeightReceiver(BaseRollout):
@@ -69,8 +99,21 @@ class WeightReceiver(BaseRollout):
         for name, tensor in weights:
             if leader:
                 state_dict[name] = tensor.detach().to("cpu", copy=True)
-        if leader:
-            await coordinator_actor().update_weights.remote(state_dict)
+        if not leader:
+            return
+        coordinator = coordinator_actor()
+        if coordinator is not None:
+            await coordinator.update_weights.remote(state_dict)
+            return
+        if self.config.agent.agent_loop_manager_class != MANAGER_CLASS:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.name={ROLLOUT_NAME} needs LengthAwareRollout to generate: add "
+                f"+actor_rollout_ref.rollout.agent.agent_loop_manager_class={MANAGER_CLASS}"
+            )
+        # Not started yet (verl's v1 trainer syncs once before it creates the manager): held for `create`.
+        # The handle kept here keeps the holder alive (an actor without handles is collected, named or not).
+        self._pending = PendingWeights.options(name=PENDING_WEIGHTS_ACTOR_NAME, get_if_exists=True).remote()
+        await self._pending.put.remote(state_dict)
 
     async def resume(self, tags: list[str]) -> None:
         """Nothing to restore: the Coordinator's workers keep their weights and KV cache."""

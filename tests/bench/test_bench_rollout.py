@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from rollout_len.bench.rollout import bootstrap_median_ci, round_order, run, summarize
+from rollout_len.bench.rollout import bootstrap_median_ci, round_order, run, summarize, throughput_ratio_ci
 from rollout_len.cli import main
 
 POLICIES = ("pool", "fcfs", "length_aware", "oracle")
@@ -44,6 +44,15 @@ def test_bootstrap_interval_of_the_median():
     assert bootstrap_median_ci([7.0]) == (7.0, 7.0)
     with pytest.raises(ValueError, match="at least one"):
         bootstrap_median_ci([])
+
+
+def test_throughput_ratio_is_of_sums_with_a_paired_interval():
+    ratio, (lo, hi) = throughput_ratio_ci([100, 300], [1, 2], [100, 100], [2, 2])
+    assert ratio == pytest.approx((400 / 3) / (200 / 4))
+    assert lo <= ratio <= hi and lo >= 100 / 2 / 50 and hi <= 150 / 50  # within the per-pair extremes
+    assert throughput_ratio_ci([5, 5], [1, 1], [5, 5], [1, 1]) == (1.0, (1.0, 1.0))
+    with pytest.raises(ValueError, match="one length"):
+        throughput_ratio_ci([1], [1, 2], [1], [1])
 
 
 def test_summaries_leave_out_undefined_rounds():

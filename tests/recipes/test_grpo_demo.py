@@ -92,6 +92,11 @@ def test_flags_override_the_yaml_and_bad_values_name_the_key():
         "--reward-method": ("nope", "reward_method"),
         "--config": ("/nonexistent.yaml", "config"),
         "--out": ("README.md", "is a file"),
+        "--mode": ("async", "mode"),
+        "--over-sample-rate": ("1.0", "over_sample_rate"),
+        "--max-staleness": ("-1", "max_staleness"),
+        "--on-stale": ("ignore", "on_stale"),
+        "--rollout-is-threshold": ("0", "rollout_is_threshold"),
     }
     for flag, (value, match) in bad.items():  # refused up front, before Ray, wandb or torch see them
         with pytest.raises(ValueError, match=match):
@@ -210,3 +215,40 @@ def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_pa
     assert row["demo/saving"] == pytest.approx(step["saving"])  # the dashboard's panels, in the same row
     assert row["demo/steps/_type"] == "table-file" and row["demo/report/_type"] == "html-file"
     assert row["demo/saving_per_step_table/_type"] == "table-file" and row["demo/response_lengths/_type"] == "histogram"
+
+
+def test_partial_mode_trains_on_whole_carried_groups_beside_fcfs(ray_session, tmp_path, monkeypatch, capsys):
+    """--mode partial: every step trains on prompts_per_step whole groups out of twice as many in
+    flight; the rest is carried (tokens made by earlier weights: staleness 1), and the throughput
+    ratio to the fcfs measurement comes with its interval."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    flags = TINY + ["--steps", "3", "--mode", "partial", "--max-staleness", "1", "--out", str(out)]
+    summary = grpo_demo.main(flags)
+    printed = capsys.readouterr().out
+    assert "throughput x fcfs so far" in printed
+    written = json.loads((out / "summary.json").read_text())
+    rows = written["steps"]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert sorted(len(g) for g in r["lengths"]) == [4, 4], "two whole groups of 4 per step"
+        assert r["trained_tokens"] == sum(r["staleness_tokens"].values()) == sum(map(sum, r["lengths"]))
+        assert r["rollout_time_s"] > 0 and r["fcfs_rollout_time_s"] > 0 and r["fcfs_tokens"] == 8 * 6
+    assert rows[0]["launched_groups"] == 4 and rows[0]["carried_samples"] > 0
+    assert any(int(k) == 1 for r in rows for k in r["staleness_tokens"]), "no carried token was trained"
+    assert all(int(k) <= 1 for r in rows for k in r["staleness_tokens"]), "the bound is 1 step"
+    assert written["fresh_token_share"] == 1.0
+    lo, hi = written["partial_throughput_ratio_ci95"]
+    assert lo <= written["partial_throughput_ratio"] <= hi
+    expected = (sum(r["trained_tokens"] for r in rows) / sum(r["rollout_time_s"] for r in rows)) / (
+        sum(r["fcfs_tokens"] for r in rows) / sum(r["fcfs_rollout_time_s"] for r in rows)
+    )
+    assert written["partial_throughput_ratio"] == pytest.approx(expected)
+    assert all(r["rollout_is_mean"] is not None for r in rows)  # verl's rollout correction ran
+    assert len((out / "responses.jsonl").read_text().splitlines()) == 3 * 8
+    rows_logged = history(Path(summary["wandb_run_dir"]))
+    assert [r["demo/partial_throughput_ratio"] for r in rows_logged][-1] == pytest.approx(
+        written["partial_throughput_ratio"]
+    )
+    assert rows_logged[-1]["demo/staleness_table/_type"] == "table-file"

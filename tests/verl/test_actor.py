@@ -94,3 +94,24 @@ def test_a_partial_sync_of_the_trained_tensors_makes_a_worker_match_the_trainer(
     assert not torch.allclose(worker.logits(prompt), last_token_logits(model, prompt), atol=1e-4)
     worker.load_weights(actor.trained_state_dict(), partial=True)
     assert torch.allclose(worker.logits(prompt), last_token_logits(model, prompt), atol=1e-5)
+
+
+def test_the_rollout_correction_weights_stale_tokens_by_their_truncated_ratio():
+    """Fresh rollout log-probs give weights 1 (the same update as without the correction); log-probs
+    of an older policy that made the tokens less likely give weights clamped at the threshold."""
+    fresh = GRPOActor(tiny_policy("llama").model, train_layers=1, lr=1e-2)
+    corrected = GRPOActor(tiny_policy("llama").model, train_layers=1, lr=1e-2, rollout_is_threshold=2.0)
+    plain, weighted = fresh.update(rollout_batch()), corrected.update(rollout_batch())
+    assert weighted["rollout_corr/rollout_is_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert weighted["actor/param_update_norm"] == pytest.approx(plain["actor/param_update_norm"], rel=1e-3)
+
+    stale = rollout_batch()
+    stale.batch["rollout_log_probs"] = stale.batch["rollout_log_probs"] - 5.0  # pi_train / pi_rollout = e^5
+    clamped = GRPOActor(tiny_policy("llama").model, train_layers=1, lr=1e-2, rollout_is_threshold=2.0).update(stale)
+    assert clamped["rollout_corr/rollout_is_mean"] == pytest.approx(2.0, abs=1e-3)
+    with pytest.raises(ValueError, match="rollout_is_threshold must be None or a number > 0"):
+        GRPOActor(tiny_policy("llama").model, train_layers=1, lr=1e-2, rollout_is_threshold=0.0)
+    without = rollout_batch()
+    without.batch.pop("rollout_log_probs")
+    with pytest.raises(ValueError, match="needs rollout_log_probs"):
+        corrected.update(without)

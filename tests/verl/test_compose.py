@@ -86,7 +86,11 @@ def test_recipe_composes_and_passes_verl_validation():
 
 
 BAD_CONFIGS = {  # id: (overrides, create() arguments, expected message)
-    "v1-trainer": (["trainer.use_v1=true"], {}, r"trainer\.use_v1=false"),
+    "v1-async": (
+        ["trainer.use_v1=true", "trainer.v1.trainer_mode=colocate_async"],
+        {},
+        r"trainer\.v1\.trainer_mode=colocate_async",
+    ),
     "vllm-backend": (["actor_rollout_ref.rollout.name=vllm"], {}, r"actor_rollout_ref\.rollout\.name=vllm"),
     "tensor-parallel": (
         ["actor_rollout_ref.rollout.tensor_model_parallel_size=2"],

@@ -21,6 +21,11 @@ def documented_overrides() -> list[str]:
     return [line.strip() for line in match.group(1).splitlines() if line.strip()]
 
 
+def v1_overrides() -> list[str]:
+    """The documented overrides without `trainer.use_v1=false`: verl's default v1 trainer (sync mode)."""
+    return [line for line in documented_overrides() if line.split("=", 1)[0] != "trainer.use_v1"]
+
+
 def compose_ppo_config(overrides: list[str]):
     """verl's own `ppo_trainer` config, composed by Hydra from verl's config folder."""
     import verl
