@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -28,6 +29,8 @@ def records(path: str | Path):
             pos += BLOCK - pos % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + CHUNK_HEADER])
+        if pos + CHUNK_HEADER + length > len(data):  # a chunk still being written
+            break
         chunk = data[pos + CHUNK_HEADER : pos + CHUNK_HEADER + length]
         pos += CHUNK_HEADER + length
         if kind in (FULL, LAST):
@@ -39,11 +42,25 @@ def records(path: str | Path):
             pending += chunk
 
 
+def complete_records(path: str | Path, timeout_s: float = 120.0) -> list:
+    """The log's records once it holds the run's `exit` record: `run.finish()` can return before
+    wandb's writer process has flushed the last records (seen on a loaded machine). Raises
+    TimeoutError when the exit record does not come within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in found):
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: no exit record after {timeout_s:.0f} s (the run did not finish writing)")
+        time.sleep(0.5)
+
+
 def history(run_dir: str | Path) -> list[dict]:
     """The rows logged with run.log, as {key: value} (images as their JSON description)."""
     (path,) = Path(run_dir).glob("run-*.wandb")
     rows = []
-    for record in records(path):
+    for record in complete_records(path):
         if record.WhichOneof("record_type") == "history":
             rows.append(
                 {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item}
