@@ -379,8 +379,8 @@ def _rollout_partial(args) -> int:
     """`bench rollout --mode partial`: flags that only the synchronous rounds take are errors."""
     from rollout_len.bench.rollout_partial import run
 
-    for flag, value in (("repeats", args.repeats), ("png", args.png), ("quick", args.quick)):
-        if value:
+    for flag, value in (("repeats", args.repeats), ("png", args.png), ("quick", args.quick or None)):
+        if value is not None:
             raise ValueError(f"--{flag} applies to --mode sync only (partial runs --steps interleaved steps per row)")
     if args.predictions != "model":
         raise ValueError("--predictions applies to --mode sync only")

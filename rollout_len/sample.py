@@ -147,8 +147,11 @@ class Sample:
         return new
 
 
-def expand_prompts(prompts: list[list[int]], n: int, params: SamplingParams, seed: int = 0) -> list[Sample]:
-    """n samples per prompt, prompt-major: sample j of prompt i has id "{i}-{j}" and group "{i}".
+def expand_prompts(
+    prompts: list[list[int]], n: int, params: SamplingParams, seed: int = 0, prefix: str = ""
+) -> list[Sample]:
+    """n samples per prompt, prompt-major: sample j of prompt i has id "{prefix}{i}-{j}" and group
+    "{prefix}{i}" (a prefix per step keeps ids apart across partial steps, which carry samples over).
 
     For callers whose prompts have no identity of their own (benchmarks, tests, the CLI); verl
     batches bring theirs (rollout_len.verl.convert).
@@ -158,7 +161,7 @@ def expand_prompts(prompts: list[list[int]], n: int, params: SamplingParams, see
     if not prompts:
         raise ValueError("expand_prompts needs at least one prompt")
     return [
-        Sample(f"{i}-{j}", list(ids), params, seed=seed, group_id=str(i))
+        Sample(f"{prefix}{i}-{j}", list(ids), params, seed=seed, group_id=f"{prefix}{i}")
         for i, ids in enumerate(prompts)
         for j in range(n)
     ]

@@ -148,6 +148,7 @@ def _check_numbers(args: dict) -> None:
     for key, (valid, what) in ranges.items():
         value = float(args[key])
         if not (math.isfinite(value) and valid(value)):
+            what = what if what.startswith("a finite") else f"a finite number {what}"
             raise ValueError(f"{key} (--{key.replace('_', '-')}) must be {what}, got {args[key]}")
 
 

@@ -28,7 +28,8 @@ at the speed fitted to the run's own engine steps, with the simulated predictor 
 around the true lengths) warmed on the warm-up steps' lengths.
 The machine is shared: each step's `load_factor` (its decode time over a cost model fitted to all
 of the run's engine steps, rollout_len.sched.costmodel) gives a load-adjusted throughput too
-(step time divided by its load factor).
+(step time divided by its load factor; a step that decoded nothing, its carried groups meeting the
+quota, has none and is not adjusted).
 """
 
 from __future__ import annotations
@@ -171,7 +172,9 @@ def run(
     i = 0
     for row in rows:
         for rec in records[row]:
-            rec["load_factor"] = cost.load_factor(logs[i])
+            # A step whose carried groups met the quota decodes nothing: no speed to measure, nothing to adjust.
+            decoded = any(row[0] > 0 for row in logs[i])
+            rec["load_factor"] = cost.load_factor(logs[i]) if decoded else None
             i += 1
     result["policies"] = _summaries(rows, records)
     prompt_tokens = int(np.mean([len(x) for x in stream]))
@@ -274,7 +277,7 @@ def _throughput(recs: list[dict], adjusted: bool = False) -> float:
 
 def _seconds(recs: list[dict], adjusted: bool) -> list[float]:
     """Step times, or step times at the run's average speed (divided by their load factor)."""
-    return [r["step_time_s"] / (r["load_factor"] if adjusted else 1.0) for r in recs]
+    return [r["step_time_s"] / (r["load_factor"] if adjusted and r["load_factor"] else 1.0) for r in recs]
 
 
 def _ratio(recs: list[dict], base: list[dict], adjusted: bool) -> tuple[float, list[float]]:
@@ -332,9 +335,9 @@ def _print_table(result: dict) -> None:
         ratio = adj = "-"
         if "x_fcfs_sync" in p:
             lo, hi = p["x_fcfs_sync_ci95"]
-            ratio = f"{p['x_fcfs_sync']:.2f} [{lo:.2f}, {hi:.2f}]"
+            ratio = f"{p['x_fcfs_sync']:.2f} [{lo:.3f}, {hi:.3f}]"
             lo, hi = p["load_adjusted_x_fcfs_sync_ci95"]
-            adj = f"{p['load_adjusted_x_fcfs_sync']:.2f} [{lo:.2f}, {hi:.2f}]"
+            adj = f"{p['load_adjusted_x_fcfs_sync']:.2f} [{lo:.3f}, {hi:.3f}]"
         fresh = "-" if p["fresh_token_share"] is None else f"{p['fresh_token_share']:.3f}"
         sim_x = "-" if p["sim_x_fcfs_sync"] is None else f"{p['sim_x_fcfs_sync']:.2f}"
         print(

@@ -441,7 +441,8 @@ class Coordinator:
         """A partial (stall-free) step of `run` (rollout_len.sched.partial.PartialRun: its settings, what
         its last step carried over, its policy version): the carried samples (first) and the new
         `samples` (fresh groups, e.g. `run.groups_to_launch()` of them) decode until `quota` groups
-        are complete; returns those groups whole, and in `result.run` the run's state for its next
+        are complete (fewer when fewer are in flight: `metrics["groups"]` counts them); returns those
+        groups whole, and in `result.run` the run's state for its next
         step (the rest carried over, the next version; `run` itself is not changed, so this works
         the same through a Ray actor handle). Unfinished samples keep their tokens, log-probs and RNG
         state and resume there by a re-prefill of prompt + tokens under the weights of then (every

@@ -95,15 +95,21 @@ class PartialConfig:
     weight_sync_s: float = 0.0  # between steps
 
     def __post_init__(self) -> None:
-        if not isinstance(self.quota, int) or self.quota < 1:
+        def is_int(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        if not is_int(self.quota) or self.quota < 1:
             raise ValueError(f"quota (complete groups per step) must be an int >= 1, got {self.quota!r}")
-        if not (0.0 <= self.over_sample_rate < 1.0):
+        if not (is_number(self.over_sample_rate) and 0.0 <= self.over_sample_rate < 1.0):
             raise ValueError(f"over_sample_rate must be in [0, 1) (verl's meaning), got {self.over_sample_rate!r}")
-        if not isinstance(self.max_staleness, int) or self.max_staleness < 0:
+        if not is_int(self.max_staleness) or self.max_staleness < 0:
             raise ValueError(f"max_staleness must be an int >= 0, got {self.max_staleness!r}")
         if self.on_stale not in ON_STALE:
             raise ValueError(f"on_stale must be one of {list(ON_STALE)}, got {self.on_stale!r}")
-        if not (math.isfinite(self.weight_sync_s) and self.weight_sync_s >= 0):
+        if not (is_number(self.weight_sync_s) and self.weight_sync_s >= 0):
             raise ValueError(f"weight_sync_s must be finite and >= 0, got {self.weight_sync_s!r}")
 
     @property

@@ -192,7 +192,8 @@ _TABLE = [
         "over_sample_rate",
         REFUSED,
         "early termination of the slowest requests is not implemented: every sample finishes (verl 0.9.1's agent "
-        "loop does not read it either)",
+        "loop does not read it either; rollout_len's partial steps, which do stop early and carry the rest, "
+        "run outside verl's trainers: docs/verl.md, Trainer paths)",
         accepted=(0, 0.0),
         shown="0",
     ),

@@ -52,6 +52,7 @@ def test_rows_interleave_and_report_throughput_beside_fcfs_sync(tmp_path):
     "flags, message",
     [
         (["--mode", "partial", "--repeats", "2"], "--repeats applies to --mode sync only"),
+        (["--mode", "partial", "--repeats", "0"], "--repeats applies to --mode sync only"),
         (["--mode", "partial", "--quick"], "--quick applies to --mode sync only"),
         (["--steps", "3"], "--steps applies to --mode partial only"),
         (["--mode", "partial", "--policies", "pool"], "--policies: unknown rows ['pool']"),
@@ -89,3 +90,20 @@ def test_the_twin_replays_the_recorded_lengths(tmp_path):
         for step in p["steps"]:
             assert sum(map(sum, step["group_lengths"].values())) == step["trained_tokens"]
     assert 0 <= result["twin_filled_groups"] <= 4
+
+
+def test_a_step_that_decoded_nothing_is_not_load_adjusted():
+    """A partial step whose carried groups already met the quota decodes nothing: no load factor,
+    its time counts as measured."""
+    from rollout_len.bench.rollout_partial import _summaries
+
+    recs = [
+        {"step_time_s": 10.0, "trained_tokens": 100, "load_factor": 2.0, "staleness_tokens": {"0": 100}},
+        {"step_time_s": 0.5, "trained_tokens": 50, "load_factor": None, "staleness_tokens": {"1": 50}},
+    ]
+    for r in recs:
+        r.update(groups=1, decode_tokens=r["trained_tokens"])
+    (row,) = _summaries(("april",), {"april": recs}).values()
+    assert row["trained_tokens_per_s"] == pytest.approx(150 / 10.5)
+    assert row["load_adjusted_tokens_per_s"] == pytest.approx(150 / (10.0 / 2.0 + 0.5))
+    assert row["fresh_token_share"] == 1.0 and row["load_factors"] == [2.0, None]

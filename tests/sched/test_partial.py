@@ -208,3 +208,30 @@ def test_bad_partial_flags_name_the_flag(flags, message, capsys):
     assert main(["bench", "sim", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "fields, name",
+    [
+        ({"quota": True}, "quota"),
+        ({"quota": 2.0}, "quota"),
+        ({"over_sample_rate": "0.5"}, "over_sample_rate"),
+        ({"over_sample_rate": float("nan")}, "over_sample_rate"),
+        ({"max_staleness": True}, "max_staleness"),
+        ({"weight_sync_s": "1"}, "weight_sync_s"),
+        ({"on_stale": "ignore"}, "on_stale"),
+    ],
+)
+def test_partial_config_names_a_bad_field(fields, name):
+    with pytest.raises(ValueError, match=name):
+        PartialConfig(**{"quota": 1, **fields})
+
+
+def test_expand_prompts_prefix_keeps_ids_apart_across_steps():
+    from rollout_len.sample import expand_prompts
+
+    params = SamplingParams(max_new_tokens=4)
+    first, second = (expand_prompts([[1, 2]], 2, params, prefix=f"step{k}-") for k in range(2))
+    assert [s.sample_id for s in first] == ["step0-0-0", "step0-0-1"] and first[0].group_id == "step0-0"
+    assert not {s.sample_id for s in first} & {s.sample_id for s in second}
+    assert [s.sample_id for s in expand_prompts([[1]], 1, params)] == ["0-0"]  # no prefix: as before
