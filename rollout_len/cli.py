@@ -387,22 +387,14 @@ def _rollout_partial(args) -> int:
     given = {f: getattr(args, f) for f in ROLLOUT_PARTIAL_FLAGS if getattr(args, f) is not None}
     if args.policies is not None:
         given["rows"] = _names(args.policies)
-    run(
-        workers=args.workers,
-        prompts=args.prompts,
-        n=args.n,
-        slots=args.slots,
-        max_new_tokens=args.max_new_tokens,
-        every=args.every,
-        warmup_steps=args.warmup_steps,
-        task=args.task,
-        temperature=args.temperature,
-        model=args.model,
-        json_path=args.json,
-        seed=args.seed,
-        **given,
-    )
+    run(**_rollout_common(args), **given)
     return 0
+
+
+def _rollout_common(args) -> dict:
+    """What both `bench rollout` modes take alike."""
+    keys = ("workers", "prompts", "n", "slots", "max_new_tokens", "every", "warmup_steps", "task", "temperature")
+    return {**{k: getattr(args, k) for k in keys}, "model": args.model, "json_path": args.json, "seed": args.seed}
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -443,22 +435,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{partial_only[0]} applies to --mode partial only")
             run_rollout(
                 _names(args.policies) if args.policies is not None else DEFAULT_POLICIES,
-                workers=args.workers,
-                prompts=args.prompts,
-                n=args.n,
-                slots=args.slots,
-                max_new_tokens=args.max_new_tokens,
-                every=args.every,
-                warmup_steps=args.warmup_steps,
                 repeats=args.repeats if args.repeats is not None else 3,
-                task=args.task,
-                temperature=args.temperature,
-                model=args.model,
                 predictions=args.predictions,
                 quick=args.quick,
-                json_path=args.json,
                 png=args.png,
-                seed=args.seed,
+                **_rollout_common(args),
             )
             return 0
         if args.command == "bench" and args.bench == "sim":
