@@ -16,6 +16,7 @@ rollout-len forelen train --data data/forelen/rl --out heads/rl
 rollout-len forelen eval --head heads/rl --data data/forelen/longseq --methods plp,survival
 rollout-len bench soak --steps 100 --json soak.json
 rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
+rollout-len forelen ablate --data data/forelen/longseq --json ablate.json --md ablate.md
 """
 
 from __future__ import annotations
@@ -183,14 +184,22 @@ def _add_forelen(sub) -> None:
     )
     b.add_argument("--every", type=int, default=16, help="PLP checkpoint interval k (tokens)")
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--max-batch-size", type=int, default=32)
+    b.add_argument("--max-batch-size", type=int, default=64)
+    b.add_argument(
+        "--shard-prompts",
+        type=int,
+        default=16,
+        help="prompts per shard: each finished shard is saved, and a build run again with the same "
+        "settings resumes at the first missing one",
+    )
     e = fl.add_parser("eval", help="MAE table of the predictors on built datasets")
     e.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
     e.add_argument(
         "--methods",
         default="all",
-        help="comma list of constant,survival,survival_group,egtp,mean,max,last,plp,ssjf_reg,ssjf_mc,"
-        "s3,ltr_c,trail,pia,tpv,history,siblings, or 'all'",
+        help="comma list of constant,survival,survival_group,egtp,mean,max,last,plp,plp_mean,plp_pca,ssjf_reg,"
+        "ssjf_mc,s3,ltr_c,trail,pia,tpv,history,siblings, or 'all' (plp_mean: the mean point prediction; "
+        "plp_pca: features projected onto 32 principal components)",
     )
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
     e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
@@ -200,7 +209,10 @@ def _add_forelen(sub) -> None:
     t.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
     t.add_argument("--out", required=True, metavar="HEAD_DIR")
     t.add_argument("--seed", type=int, default=0)
-    c = fl.add_parser("plp-curve", help="MAE of the remaining length vs decoded tokens: PLP and the survival baselines")
+    c = fl.add_parser(
+        "plp-curve",
+        help="MAE (and q90 coverage) of the remaining length vs decoded tokens: PLP, its ablations, survival",
+    )
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
     c.add_argument("--png", metavar="OUT")
@@ -212,6 +224,13 @@ def _add_forelen(sub) -> None:
     pl = fl.add_parser("plots", help="length distribution per scenario (PNG)")
     pl.add_argument("--data", action="append", required=True)
     pl.add_argument("--png", required=True)
+    ab = fl.add_parser(
+        "ablate", help="EGTP ablations: temperature, layer, head settings, entropy on a subset of positions"
+    )
+    ab.add_argument("--data", action="append", required=True, help="a built dataset folder (repeatable)")
+    ab.add_argument("--json", required=True, metavar="OUT")
+    ab.add_argument("--md", metavar="OUT.md", help="the tables in Markdown, the command line on top")
+    ab.add_argument("--device", default="cpu", help="where the policy runs its prefill (cpu, cuda, ...)")
 
 
 def _forelen(args) -> int:
@@ -229,6 +248,22 @@ def _forelen(args) -> int:
             ]
             print(f"  val {scenario}: " + ", ".join(cells))
         return 0
+    if args.forelen == "ablate":
+        import shlex
+
+        from rollout_len.bench.sim import check_output
+        from rollout_len.forelen.ablation import ablate, format_ablation, write_outputs
+
+        for flag, path in (("--json", args.json), ("--md", args.md)):
+            if path:
+                check_output(flag, path)  # before the prefill, the slow part
+        results = ablate(args.data, device=args.device)
+        print(format_ablation(results))
+        given = [("--data", d) for d in args.data] + [("--json", args.json), ("--md", args.md)]
+        given += [("--device", args.device)] if args.device != "cpu" else []
+        command = "rollout-len forelen ablate " + " ".join(f"{f} {shlex.quote(v)}" for f, v in given if v)
+        write_outputs(results, args.json, args.md, command)
+        return 0
     if args.forelen == "build":
         from rollout_len.forelen.build import build
 
@@ -245,6 +280,7 @@ def _forelen(args) -> int:
             seed=args.seed,
             every=args.every,
             max_batch_size=args.max_batch_size,
+            shard_prompts=args.shard_prompts,
         )
         return 0
     from rollout_len.forelen.evaluate import CURVE_METHODS, METHODS, evaluate_methods, format_table, plp_curve

@@ -43,6 +43,10 @@ class EngineConfig:
     tap_entropy: bool = False  # next-token entropy per decode step and per prefilled position
     tap_prefill: bool = True  # off: taps only at decode steps (no entropy over every prompt position)
     static_batching: bool = False  # HF-generate baseline: no admission until the whole batch ends
+    # Samples admitted together with identical tokens (the n samples of one prompt) are prefilled once
+    # and their KV copied; each still samples its own first token. Off by default: the scheduler's cost
+    # model charges every admitted sample its own prefill.
+    share_prefill: bool = False
     initial_kv_capacity: int = 256  # positions per slot allocated first; doubles as needed
 
     def __post_init__(self) -> None:
@@ -280,7 +284,10 @@ class DecodeEngine:
 
     def _prefill(self, samples: list[Sample], out: StepOutput) -> None:
         t0 = time.perf_counter()
-        seqs = [s.prompt_ids + s.output_ids for s in samples]
+        given = samples
+        samples, source = self._share(samples)
+        computed = max(source) + 1  # rows 0..computed-1 are prefilled; the others copy one of them
+        seqs = [s.prompt_ids + s.output_ids for s in samples[:computed]]
         lengths = torch.tensor([len(q) for q in seqs], device=self.device)
         width = int(lengths.max())
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
@@ -292,37 +299,60 @@ class DecodeEngine:
         first_slot = len(self._running)
         self.cache.plan_prefill(first_slot, width)
         final = self._forward(input_ids, positions, self._additive_mask(allowed[:, None]))
-        last = final[torch.arange(len(seqs), device=self.device), lengths - 1]  # (B, d)
+        for row in range(len(seqs), len(samples)):  # shared prefill: copy the computed row's KV
+            self.cache.move_slot(first_slot + source[row], first_slot + row, int(lengths[source[row]]))
+        index = torch.tensor(source, device=self.device)  # (B,) the computed row of each sample
+        last = final[index, lengths[index] - 1]  # (B, d)
         logits = self._logits(last)
         rows = [_Running(s, make_generator(s), s.num_tokens, self._reservation(s)) for s in samples]
         tapped = self._tapped
         if self.config.tap_prefill and (self.tap_layer is not None or self.config.tap_entropy):
-            weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
-            for row, sample in enumerate(samples):
-                n = len(seqs[row])
+            entropy = None
+            if self.config.tap_entropy:  # one call over every row's positions: far cheaper than a call per row
+                valid = torch.arange(width, device=self.device)[None, :] < lengths[:, None]  # (computed, width)
+                weight, bias = self.lm_head.weight, getattr(self.lm_head, "bias", None)
                 with torch.inference_mode():
-                    entropy = linear_entropy(final[row, :n], weight, bias) if self.config.tap_entropy else None
-                hidden = tapped[row, :n].float() if tapped is not None else None
-                out.prefills.append(PrefillTap(sample.sample_id, len(sample.prompt_ids), hidden, entropy))
+                    entropy = linear_entropy(final[valid], weight, bias).split(lengths.tolist())
+            for row, sample in enumerate(samples):
+                src = source[row]
+                n = len(seqs[src])
+                hidden = tapped[src, :n].float() if tapped is not None else None
+                tap_entropy = entropy[src] if entropy is not None else None
+                out.prefills.append(PrefillTap(sample.sample_id, len(sample.prompt_ids), hidden, tap_entropy))
         for sample in samples:
             sample.status = SampleStatus.RUNNING
         try:
             self._emit(
                 rows,
                 logits,
-                last_hidden_tap=tapped[torch.arange(len(seqs), device=self.device), lengths - 1]
-                if tapped is not None
-                else None,
+                last_hidden_tap=tapped[index, lengths[index] - 1] if tapped is not None else None,
                 out=out,
             )
         except ValueError:  # non-finite logits: nothing was sampled; the samples wait again, in order
-            for sample in samples:
+            for sample in given:
                 sample.status = SampleStatus.WAITING
-            self._waiting.extendleft(reversed(samples))
+            self._waiting.extendleft(reversed(given))
             raise
         self._running.extend(rows)  # slots first_slot, first_slot+1, ... as planned
         self.stats.prefill_tokens += int(lengths.sum())
         self.stats.prefill_time_s += time.perf_counter() - t0
+
+    def _share(self, samples: list[Sample]) -> tuple[list[Sample], list[int]]:
+        """(samples reordered, source): with `share_prefill`, the first sample of each distinct token
+        sequence comes first and the repeats after; source[i] is the row whose prefill sample i reuses
+        (itself for the first ones). Without it, the samples as given and source[i] = i."""
+        if not self.config.share_prefill:
+            return samples, list(range(len(samples)))
+        first: dict[tuple[int, ...], int] = {}
+        unique, repeats = [], []
+        for sample in samples:
+            key = (*sample.prompt_ids, *sample.output_ids)
+            if key in first:
+                repeats.append((sample, first[key]))
+            else:
+                first[key] = len(unique)
+                unique.append(sample)
+        return unique + [s for s, _ in repeats], list(range(len(unique))) + [src for _, src in repeats]
 
     def _decode(self, out: StepOutput) -> None:
         t0 = time.perf_counter()

@@ -252,3 +252,38 @@ def test_engines_sharing_a_model_leave_no_hooks_behind():
         taps[layer] = engine.step().prefills[0].hidden
     assert not torch.allclose(taps[1], taps[2])
     assert [len(layer._forward_hooks) for layer in layers] == hooks_before
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shared_prefill_gives_each_sample_what_its_own_prefill_gives(arch):
+    # 3 prompts x 4 samples admitted together, plus a sample that resumes with output tokens: with
+    # share_prefill each distinct sequence is prefilled once, and every sample still draws its own
+    # tokens from its own generator, exactly as without sharing.
+    policy = tiny(arch)
+    prompts = [p for p in mixed_prompts(3, seed=4) for _ in range(4)]
+    params = dict(temperature=1.0, max_new_tokens=20, ignore_stop=True)
+
+    def run(share: bool):
+        samples = make_samples(prompts, seed=5, **params)
+        resumed = Sample("resumed", prompts[0], SamplingParams(**params), seed=5)
+        resumed.output_ids, resumed.logprobs = [3, 4], [-1.0, -1.0]
+        config = EngineConfig(max_batch_size=13, share_prefill=share, tap_layer=-1, tap_entropy=True)
+        engine = DecodeEngine(policy, config)
+        for s in [*samples, resumed]:
+            engine.add(s)
+        first = engine.step()
+        taps = {t.sample_id: (t.hidden, t.entropy) for t in first.prefills}
+        while engine.has_unfinished():
+            engine.step()
+        return [*samples, resumed], taps, engine.stats.prefill_tokens
+
+    shared, shared_taps, shared_tokens = run(True)
+    alone, alone_taps, alone_tokens = run(False)
+    for got, ref in zip(shared, alone):
+        assert got.output_ids == ref.output_ids
+        assert got.logprobs == pytest.approx(ref.logprobs, abs=1e-5)
+        torch.testing.assert_close(shared_taps[got.sample_id][0], alone_taps[ref.sample_id][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(shared_taps[got.sample_id][1], alone_taps[ref.sample_id][1], atol=1e-5, rtol=1e-5)
+    assert len({tuple(s.output_ids) for s in shared}) == len(shared)  # the samples of one prompt differ
+    distinct = sum(len(p) for p in prompts[::4]) + len(prompts[0]) + 2
+    assert (shared_tokens, alone_tokens) == (distinct, sum(len(p) for p in prompts) + len(prompts[0]) + 2)

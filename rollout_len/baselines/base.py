@@ -9,7 +9,9 @@
 A progressive method (`progressive = True`) also predicts the remaining length at the dataset's
 decode checkpoints (sample s, t tokens generated), the same t axis as PLP. Admission-time (t = 0,
 total length) and in-flight (t > 0, remaining length) errors are kept apart, and every MAE carries
-the capped fraction of what it scored (the share of those samples that hit max_new_tokens).
+the capped fraction of what it scored (the share of those samples that hit max_new_tokens). A method
+that also predicts the 90% quantile of the remaining length (`remaining_q90`) gets its calibration,
+`q90_coverage`, beside its remaining-length MAEs.
 """
 
 from __future__ import annotations
@@ -178,6 +180,11 @@ class Baseline:
         """Remaining length at each checkpoint of a split, in `data.checkpoints(split)` order."""
         raise NotImplementedError(f"{self.name} is not progressive")
 
+    def remaining_q90(self, data: ForeLenData, split: int) -> torch.Tensor | None:
+        """The 90% quantile of the remaining length at each checkpoint of a split (as
+        `predict_remaining`), or None for a method that predicts no quantile (the default)."""
+        return None
+
 
 class Standardize(nn.Module):
     """x -> (x - mean) / std with the training features' statistics (kept as buffers)."""
@@ -255,32 +262,43 @@ def scored(pred: torch.Tensor, true: torch.Tensor, capped: torch.Tensor) -> dict
     return {**evaluate(pred, true), "capped_fraction": float(capped.float().mean())}
 
 
-def remaining_metrics(pred: torch.Tensor, data: ForeLenData, idx: torch.Tensor) -> dict:
+def remaining_metrics(
+    pred: torch.Tensor, data: ForeLenData, idx: torch.Tensor, q90: torch.Tensor | None = None
+) -> dict:
     """Remaining-length metrics of pred (C,) at the checkpoints idx (C,): `by_t` {t: metrics over the
     samples still running at t} and `in_flight` (over every checkpoint with t > 0, pooled: IN_FLIGHT;
-    `samples` counts the distinct samples; absent when no checkpoint has t > 0)."""
+    `samples` counts the distinct samples; absent when no checkpoint has t > 0).
+
+    q90 (C,), when given: the predicted 90% quantiles of the remaining length; each metrics dict then
+    has `q90_coverage`, the share of its true remaining lengths <= q90 once q90 is clamped to
+    [1, budget left] (`clamp_remaining`). A calibrated q90 covers about 0.9."""
     steps, true, capped = data.ckpt_t[idx], data.ckpt_remaining[idx], data.capped[data.ckpt_sample[idx]]
-    result = {
-        "by_t": {
-            int(t): scored(pred[steps == t], true[steps == t], capped[steps == t]) for t in steps.unique().tolist()
-        }
-    }
+    covered = None
+    if q90 is not None:
+        if q90.shape != idx.shape:
+            raise ValueError(f"q90 must be one per checkpoint ({tuple(idx.shape)}), got {tuple(q90.shape)}")
+        covered = true <= clamp_remaining(q90, data.ckpt_budget_left[idx])  # (C,) bool
+
+    def metrics(rows: torch.Tensor) -> dict:
+        m = scored(pred[rows], true[rows], capped[rows])
+        if covered is not None:
+            m["q90_coverage"] = float(covered[rows].float().mean())
+        return m
+
+    result = {"by_t": {int(t): metrics(steps == t) for t in steps.unique().tolist()}}
     later = steps > 0
     if later.any():
         samples = len(data.ckpt_sample[idx][later].unique())
-        result["in_flight"] = {
-            **scored(pred[later], true[later], capped[later]),
-            "samples": samples,
-            "averaged": IN_FLIGHT,
-        }
+        result["in_flight"] = {**metrics(later), "samples": samples, "averaged": IN_FLIGHT}
     return result
 
 
 def evaluate_baseline(method: Baseline, data: ForeLenData) -> dict:
     """Fit, then test metrics: `admission` (t = 0: total length per test sample, Kendall's tau on
     `scores`) unless the method makes no admission-time prediction, and for progressive methods the
-    remaining-length metrics `by_t` and `in_flight` (remaining_metrics). Every metrics dict carries its
-    `capped_fraction`. A method that does not apply to the dataset gives {"skipped": reason}."""
+    remaining-length metrics `by_t` and `in_flight` (remaining_metrics; with `q90_coverage` when the
+    method gives `remaining_q90`). Every metrics dict carries its `capped_fraction`. A method that does
+    not apply to the dataset gives {"skipped": reason}."""
     try:
         method.fit(data)
     except NotApplicable as err:
@@ -292,7 +310,8 @@ def evaluate_baseline(method: Baseline, data: ForeLenData) -> dict:
         result["admission"] = scored(method.predict(data, TEST), true, data.capped[test])
         result["admission"]["kendall_tau"] = kendall_tau(method.scores(data, TEST).numpy(), true.numpy())
     if method.progressive:
-        result.update(remaining_metrics(method.predict_remaining(data, TEST), data, data.checkpoints(TEST)))
+        idx, q90 = data.checkpoints(TEST), method.remaining_q90(data, TEST)
+        result.update(remaining_metrics(method.predict_remaining(data, TEST), data, idx, q90))
     if method.selected:
         result["selected"] = method.selected
     return result

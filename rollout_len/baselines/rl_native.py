@@ -5,6 +5,8 @@
   the train samples that ran past t (L > t), the conditional residual median given t; when no train
   sample ran past t, half of the budget left. At t = 0 every sample has run past t, so it equals
   `constant` there. The same rule as the live quality gate's prior (sched/predictions.LengthPrior).
+  Its 90% quantile (`remaining_q90`, for q90 coverage) follows the same rule at q = 0.9: the 90th
+  percentile of L - t over those train samples, or 0.9 x the budget left where none ran past t.
 - `survival_group`: `survival` over the sample's own group: the median of L - t over the *other*
   samples of the same prompt that ran past t (the finished siblings, or the prompt's rollouts in an
   earlier step); `survival` where none did. Offline it sees the siblings' final lengths, so, like
@@ -29,7 +31,11 @@ __all__ = ["Constant", "Survival", "SurvivalGroup", "History", "Siblings", "surv
 
 
 def _median(x: torch.Tensor) -> float:
-    return float(torch.quantile(x.double(), 0.5))
+    return _quantile(x, 0.5)
+
+
+def _quantile(x: torch.Tensor, q: float) -> float:
+    return float(torch.quantile(x.double(), q))
 
 
 def _train_lengths(data: ForeLenData) -> torch.Tensor:
@@ -39,18 +45,24 @@ def _train_lengths(data: ForeLenData) -> torch.Tensor:
     return data.lengths[train]
 
 
-def survival_remaining(lengths: torch.Tensor, steps: torch.Tensor, budget_left: torch.Tensor) -> torch.Tensor:
-    """The survival estimate of the remaining length at each step t.
+def survival_remaining(
+    lengths: torch.Tensor, steps: torch.Tensor, budget_left: torch.Tensor, q: float = 0.5
+) -> torch.Tensor:
+    """The survival estimate of the remaining length at each step t: by default its median, else its
+    q-quantile (q in [0, 1]).
 
     lengths (N,): finished lengths (tokens); steps, budget_left (C,): t and max_new_tokens - t.
-    Returns (C,) float: median(L - t over L > t), or budget_left / 2 where no L exceeds t, kept in
-    [1, budget left] (a running sample emits at least one more token, at most its budget)."""
+    Returns (C,) float: quantile_q(L - t over L > t), or q x budget_left (budget_left / 2 for the
+    median) where no L exceeds t, kept in [1, budget left] (a running sample emits at least one more
+    token, at most its budget)."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
     lengths = lengths.double()
     unique, inverse = torch.unique(steps, return_inverse=True)
     ran_past = [lengths[lengths > t] - t for t in unique.tolist()]
-    median = torch.tensor([_median(r) if len(r) else float("nan") for r in ran_past], dtype=torch.float64)
-    estimate = median[inverse]
-    estimate = torch.where(estimate.isnan(), budget_left.double() / 2, estimate)
+    quantile = torch.tensor([_quantile(r, q) if len(r) else float("nan") for r in ran_past], dtype=torch.float64)
+    estimate = quantile[inverse]
+    estimate = torch.where(estimate.isnan(), budget_left.double() * q, estimate)
     return clamp_remaining(estimate.float(), budget_left)
 
 
@@ -75,13 +87,18 @@ class Survival(Baseline):
     def predict(self, data: ForeLenData, split: int) -> torch.Tensor:
         return torch.full((len(data.samples(split)),), _median(self.train_lengths))
 
-    def remaining_at(self, steps: torch.Tensor, budget_left: torch.Tensor) -> torch.Tensor:
-        """Remaining length at steps t (C,) with budget_left (C,) tokens still allowed.  (C,)"""
-        return survival_remaining(self.train_lengths, steps, budget_left)
+    def remaining_at(self, steps: torch.Tensor, budget_left: torch.Tensor, q: float = 0.5) -> torch.Tensor:
+        """Remaining length (its q-quantile; the median by default) at steps t (C,) with budget_left (C,)
+        tokens still allowed.  (C,)"""
+        return survival_remaining(self.train_lengths, steps, budget_left, q)
 
     def predict_remaining(self, data: ForeLenData, split: int) -> torch.Tensor:
         idx = data.checkpoints(split)
         return self.remaining_at(data.ckpt_t[idx], data.ckpt_budget_left[idx])
+
+    def remaining_q90(self, data: ForeLenData, split: int) -> torch.Tensor:
+        idx = data.checkpoints(split)
+        return self.remaining_at(data.ckpt_t[idx], data.ckpt_budget_left[idx], q=0.9)
 
 
 def _require_groups(data: ForeLenData, name: str) -> None:

@@ -3,6 +3,14 @@
     rollout-len bench predictor --json docs/results/predictor-cost.json [--quick]
 
 Head weights do not change the cost, so a freshly initialised head of the right size is timed.
+
+Exact EGTP needs the next-token entropy at every prompt position, so it cannot cost less than the
+LM head's matmul over every prompt position. `lm_head_floor_s` times that matmul alone, in the tiles
+the chunked entropy uses (512 rows x 4,096 vocabulary entries, logits discarded: writing the full
+(T, V) logits costs more than the entropy itself on a CPU). `entropy_s` times `linear_entropy` over
+the same packed final states, the call the engine's prefill makes; `entropy_over_floor` is their
+ratio. Every timing is the fastest of `repeats` runs, each op timed on its own, because this
+machine is shared and a difference of two whole prefills drowns in its noise.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 from rollout_len.bench import write_json
 from rollout_len.data import encode_prompt, gsm8k_prompts
 from rollout_len.engine import DecodeEngine, EngineConfig
+from rollout_len.kernels import linear_entropy
 from rollout_len.model import load_policy
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
 from rollout_len.predictor.plp import PLPTracker
@@ -33,6 +42,24 @@ def _egtp(taps: list) -> torch.Tensor:
 
 def _engine(policy, batch: int, taps: bool) -> DecodeEngine:
     return DecodeEngine(policy, EngineConfig(max_batch_size=batch, tap_layer=-1 if taps else None, tap_entropy=taps))
+
+
+def _op_times(policy, taps: list) -> tuple[float, float]:
+    """(entropy_s, floor_s): `linear_entropy` over every prefilled position's final state, and the LM
+    head matmul alone over the same positions in 512 x 4,096 tiles."""
+    head = policy.model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    final = torch.cat([t.hidden for t in taps])  # (N, d): the tap is the final-normed state the head reads
+    with torch.inference_mode():
+        start = time.perf_counter()
+        linear_entropy(final, weight, bias)
+        entropy_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for r0 in range(0, len(final), 512):
+            for v0 in range(0, weight.shape[0], 4096):
+                torch.nn.functional.linear(final[r0 : r0 + 512], weight[v0 : v0 + 4096])
+        floor_s = time.perf_counter() - start
+    return entropy_s, floor_s
 
 
 def _prefill_time(policy, prompts, taps: bool) -> tuple[float, list]:
@@ -72,7 +99,9 @@ def _decode(policy, prompts, taps: bool, new_tokens: int, every: int, tracker: P
     return {"decode_s": decode_s, "steps": steps, "plp_update_s": plp_update_s, "plp_predict_s": plp_predict_s}
 
 
-def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool = False, every: int = 16) -> dict:
+def run(
+    model: str = "smollm2-135m", json_path: str | None = None, quick: bool = False, every: int = 16, repeats: int = 3
+) -> dict:
     policy = load_policy(model)
     d = policy.hidden_size
     prompts = [encode_prompt(policy.tokenizer, r["prompt"]) for r in gsm8k_prompts(limit=8 if quick else 16)]
@@ -80,8 +109,15 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     plp_head = SoftLabelHead(HeadConfig(in_dim=2 * d + 2), LengthBins.log_spaced(512)).eval()
 
     _prefill_time(policy, prompts[:2], taps=False)  # warm-up
-    off, _ = _prefill_time(policy, prompts, taps=False)
-    on, taps = _prefill_time(policy, prompts, taps=True)
+    offs, ons, entropies, floors = [], [], [], []
+    for _ in range(repeats):
+        offs.append(_prefill_time(policy, prompts, taps=False)[0])
+        on, taps = _prefill_time(policy, prompts, taps=True)
+        ons.append(on)
+        entropy_s, floor_s = _op_times(policy, taps)
+        entropies.append(entropy_s)
+        floors.append(floor_s)
+    off, on, entropy, floor = min(offs), min(ons), min(entropies), min(floors)
     t0 = time.perf_counter()
     feats = _egtp(taps)
     head.predict(feats, quantiles=(0.5, 0.9))
@@ -93,6 +129,12 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
         "prefill_with_taps_s": on,
         "egtp_and_head_s": pool_head,
         "overhead_fraction": (on - off + pool_head) / off,
+        "entropy_s": entropy,
+        "entropy_fraction": entropy / off,
+        "lm_head_floor_s": floor,
+        "floor_fraction": floor / off,
+        "entropy_over_floor": entropy / floor,
+        "repeats": repeats,
     }
 
     new_tokens = 32 if quick else 64
@@ -120,7 +162,9 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
     print(
         f"prefill of {len(prompts)} prompts ({prefill['prompt_tokens']} tokens): {off:.2f} s; with taps "
         f"(per-position entropy + layer states) {on:.2f} s; EGTP + head {pool_head * 1e3:.1f} ms; "
-        f"overhead {prefill['overhead_fraction']:.1%}"
+        f"overhead {prefill['overhead_fraction']:.1%}; the entropies alone {entropy:.2f} s "
+        f"({prefill['entropy_fraction']:.1%} of prefill), the LM head matmul alone {floor:.2f} s "
+        f"({prefill['floor_fraction']:.1%}): entropy / floor {prefill['entropy_over_floor']:.2f}"
     )
     print(
         f"decode batch {len(prompts)} x {new_tokens}: {plain['decode_s']:.2f} s; "

@@ -13,11 +13,17 @@ before the sample ends.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from rollout_len.data import encode_prompt, read_prompts_jsonl
@@ -49,57 +55,120 @@ def split_prompts(num_prompts: int, seed: int) -> np.ndarray:
     return split
 
 
+def _shard_ranges(num_prompts: int, shard_prompts: int) -> list[range]:
+    return [range(i, min(i + shard_prompts, num_prompts)) for i in range(0, num_prompts, shard_prompts)]
+
+
+def _shard_path(shards: Path, index: int) -> Path:
+    return shards / f"{index:05d}.safetensors"
+
+
 def _generate(
     policy: Policy,
     prompt_ids: list[list[int]],
-    prompt_feature: torch.Tensor,
+    todo: list[tuple[int, range]],
     n: int,
     params: SamplingParams,
     seed: int,
+    layers: tuple[int, ...],
     plp_layer: int,
     every: int,
     max_batch_size: int,
-):
-    """Decode n samples of every prompt with decode taps at `plp_layer` (prompt_feature (P, d): the
-    prompts' EGTP features there). Returns the finished samples (prompt-major) and the PLP checkpoints
-    (sample index, t, pool_t (d,) float16) at every t < length with `is_checkpoint(t, every)`."""
-    config = EngineConfig(max_batch_size=max_batch_size, tap_layer=plp_layer, tap_entropy=True, tap_prefill=False)
+    save_shard,
+) -> None:
+    """Decode n samples of every prompt of the `todo` shards (index, prompt range) in one stream of
+    engine steps, with decode taps at `plp_layer`, and call `save_shard(index, tensors, seconds)` as
+    soon as every sample of a shard has finished (tensors: the shard's part of data.safetensors, with
+    sample and checkpoint indices local to the shard; seconds: wall time since the previous shard).
+
+    The next shard's samples join the queue while the engine still has work, so the decode batch
+    stays full across shard boundaries. PLP checkpoints (sample, t, pool_t (d,) float16) are kept at
+    every t < length with `is_checkpoint(t, every)`. The n samples of a prompt are prefilled once
+    (`share_prefill`).
+    """
+    config = EngineConfig(
+        max_batch_size=max_batch_size, tap_layer=plp_layer, tap_entropy=True, tap_prefill=False, share_prefill=True
+    )
     engine = DecodeEngine(policy, config)
-    samples = [
-        Sample(f"p{p}-s{j}", ids, params, seed=seed, group_id=f"p{p}")
-        for p, ids in enumerate(prompt_ids)
-        for j in range(n)
-    ]
-    index = {s.sample_id: i for i, s in enumerate(samples)}
     tracker = PLPTracker(None, policy.hidden_size)
     empty = torch.zeros(policy.hidden_size, dtype=torch.float16)
-    # t = 0: nothing generated yet, the pool is empty (a prompt-only prediction)
-    checkpoints = [(i, 0, empty) for i in range(len(samples)) if is_checkpoint(0, every)]
-    for s in samples:
-        engine.add(s)
-    with tqdm(total=len(samples), desc="generate", unit="sample") as bar:
-        while engine.has_unfinished():
+    # sample id -> (shard index, sample index in the shard, prompt index in the shard, sample)
+    samples: dict[str, tuple[int, int, int, Sample]] = {}
+    state: dict[int, dict] = {}  # shard index -> its features, samples, checkpoints and unfinished count
+    pending = list(todo)
+    total = sum(len(prompts) * n for _, prompts in todo)
+    last = time.perf_counter()
+
+    def admit_next_shard() -> None:
+        index, prompts = pending.pop(0)
+        feats = prompt_features(policy, [prompt_ids[p] for p in prompts], layers=layers, methods=tuple(POOLINGS))
+        shard = {"feats": feats, "samples": [], "ckpts": [], "open": len(prompts) * n}
+        for local, p in enumerate(prompts):
+            for j in range(n):
+                sample = Sample(f"p{p}-s{j}", prompt_ids[p], params, seed=seed, group_id=f"p{p}")
+                samples[sample.sample_id] = (index, len(shard["samples"]), local, sample)
+                if is_checkpoint(0, every):  # t = 0: nothing generated yet, the pool is empty
+                    shard["ckpts"].append((len(shard["samples"]), 0, empty))
+                shard["samples"].append((local, sample))
+                engine.add(sample)
+        state[index] = shard
+
+    def close(index: int) -> None:
+        nonlocal last
+        shard = state.pop(index)
+        local_prompt, done = zip(*shard["samples"])
+        ckpt_sample, ckpt_t, ckpt_pool = zip(*shard["ckpts"])
+        tensors = {f"prompt/{layer}/{method}": v for (layer, method), v in shard["feats"].items()}
+        tensors.update(
+            {
+                "sample/prompt": torch.tensor(local_prompt),
+                "sample/length": torch.tensor([s.num_output for s in done]),
+                "sample/capped": torch.tensor([s.finish_reason == "length" for s in done], dtype=torch.uint8),
+                "ckpt/sample": torch.tensor(ckpt_sample),
+                "ckpt/t": torch.tensor(ckpt_t),
+                "ckpt/pool": torch.stack(ckpt_pool),
+            }
+        )
+        now = time.perf_counter()
+        save_shard(index, tensors, now - last)
+        last = now
+
+    with tqdm(total=total, desc="generate", unit="sample") as bar:
+        while pending or engine.has_unfinished():
+            while pending and engine.num_waiting < max_batch_size:
+                admit_next_shard()
             out = engine.step()
             nd = out.num_decode_rows
             if nd:
                 tracker.update(out.sample_ids[:nd], out.hidden[:nd], out.entropy[:nd])
             for sid in out.sample_ids[nd:]:  # prefilled this step: its first token is out, nothing pooled
-                i = index[sid]
-                tracker.start(sid, prompt_feature[i // n], params.max_new_tokens, tokens_done=samples[i].num_output)
+                index, _, local, sample = samples[sid]
+                feature = state[index]["feats"][(plp_layer, "egtp")][local]
+                tracker.start(sid, feature, params.max_new_tokens, tokens_done=sample.num_output)
             due = [
                 sid
                 for sid in out.sample_ids
-                if not samples[index[sid]].status.is_finished and is_checkpoint(tracker.tokens_done(sid), every)
+                if not samples[sid][3].status.is_finished and is_checkpoint(tracker.tokens_done(sid), every)
             ]
             if due:
                 for sid, pooled in zip(due, tracker.pooled(due)):
+                    index, local, _, sample = samples[sid]
                     t = tracker.tokens_done(sid)
-                    assert t == samples[index[sid]].num_output, (sid, t)
-                    checkpoints.append((index[sid], t, pooled.half()))
-            for s in out.finished:
-                tracker.drop(s.sample_id)
+                    assert t == sample.num_output, (sid, t)
+                    state[index]["ckpts"].append((local, t, pooled.half()))
+            for sample in out.finished:
+                tracker.drop(sample.sample_id)
+                index = samples.pop(sample.sample_id)[0]
+                state[index]["open"] -= 1
+                if state[index]["open"] == 0:
+                    close(index)
             bar.update(len(out.finished))
-    return samples, checkpoints
+
+
+def _plan(card_fields: dict, texts: list) -> dict:
+    """What a build folder's shards were made with; a resumed build must match it exactly."""
+    digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+    return {**card_fields, "prompts_sha256": digest}
 
 
 def build(
@@ -113,17 +182,28 @@ def build(
     every: int = 16,
     layers: tuple[int, ...] | None = None,  # None: a third, two thirds and all of the depth
     plp_layer: int = -1,
-    max_batch_size: int = 32,
+    max_batch_size: int = 64,
+    shard_prompts: int = 16,
 ) -> dict:
+    """Build (or resume building) a dataset in `out_dir`; returns its card (dataset.py).
+
+    Prompts are generated in shards of `shard_prompts`; each finished shard is written to
+    `out_dir/shards/` at once, so an interrupted build resumes at the first missing shard when run
+    again with the same settings (`out_dir/shards/plan.json` holds them; different settings are a
+    ValueError naming what differs). When every shard is there, the dataset files are written and
+    the shards removed; running again on a finished build returns its card.
+    """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; valid: {sorted(SCENARIOS)}")
     if every < 1:
         raise ValueError(f"k (--every) must be >= 1, got {every}")
+    if shard_prompts < 1:
+        raise ValueError(f"--shard-prompts must be >= 1, got {shard_prompts}")
     spec = SCENARIOS[scenario]
     count = limit or (spec.quick_prompts if quick else spec.num_prompts)
     max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
     texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed, quick)
-    start = time.time()
+    out_dir, start = Path(out_dir), time.time()
     policy = load_policy(model)
     depth = policy.num_layers
     layers = layers or (max(1, depth // 3), max(1, 2 * depth // 3), depth)
@@ -134,30 +214,8 @@ def build(
     if too_long:
         raise ValueError(f"prompts {too_long[:5]} do not fit the model's context of {policy.context_length} tokens")
     split = split_prompts(len(texts), seed)
-
-    print(f"[forelen] {scenario}: {len(texts)} prompts x {spec.n}, max {max_new} new tokens, layers {layers}")
-    feats = prompt_features(policy, prompt_ids, layers=layers, methods=tuple(POOLINGS))
-    params = SamplingParams(temperature=spec.temperature, max_new_tokens=max_new)
-    samples, checkpoints = _generate(
-        policy, prompt_ids, feats[(plp_layer, "egtp")], spec.n, params, seed, plp_layer, every, max_batch_size
-    )
-    ckpt_sample, ckpt_t, ckpt_pool = zip(*checkpoints)
-
-    lengths = torch.tensor([s.num_output for s in samples])
-    capped = torch.tensor([s.finish_reason == "length" for s in samples])
-    tensors = {f"prompt/{layer}/{method}": v for (layer, method), v in feats.items()}
-    tensors.update(
-        {
-            "sample/prompt": torch.tensor([int(s.group_id[1:]) for s in samples]),
-            "sample/length": lengths,
-            "sample/capped": capped.to(torch.uint8),
-            "prompt/split": torch.from_numpy(split),
-            "ckpt/sample": torch.tensor(ckpt_sample),
-            "ckpt/t": torch.tensor(ckpt_t),
-            "ckpt/pool": torch.stack(ckpt_pool),
-        }
-    )
-    card = {
+    sampling = {"n": spec.n, "temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": max_new}
+    fields = {
         "scenario": scenario,
         "model": model,
         "layers": list(layers),
@@ -165,11 +223,54 @@ def build(
         "every": every,
         "seed": seed,
         "quick": quick,
-        "sampling": {"n": spec.n, "temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": max_new},
+        "sampling": sampling,
+    }
+    plan = _plan({**fields, "shard_prompts": shard_prompts}, texts)
+    shards = out_dir / "shards"
+    card_path = out_dir / "card.json"
+    if card_path.is_file() and not shards.exists():
+        card = json.loads(card_path.read_text())
+        if card.get("plan") != plan:
+            raise ValueError(f"{out_dir} already holds a different finished dataset; choose another --out")
+        print(f"[forelen] {out_dir} is already built ({card['counts']['samples']} samples); nothing to do")
+        return card
+    shards.mkdir(parents=True, exist_ok=True)
+    plan_path = shards / "plan.json"
+    if plan_path.is_file():
+        before = json.loads(plan_path.read_text())
+        differ = sorted(k for k in plan.keys() | before.keys() if plan.get(k) != before.get(k))
+        if differ:
+            raise ValueError(
+                f"{out_dir} holds shards of a build with other settings ({', '.join(differ)} differ); "
+                "resume with the same settings, or choose another --out"
+            )
+    else:
+        plan_path.write_text(json.dumps(plan, indent=2))
+    ranges = _shard_ranges(len(texts), shard_prompts)
+    todo = [(i, r) for i, r in enumerate(ranges) if not _shard_path(shards, i).is_file()]
+    print(
+        f"[forelen] {scenario}: {len(texts)} prompts x {spec.n}, max {max_new} new tokens, layers {layers}; "
+        f"{len(ranges) - len(todo)} of {len(ranges)} shards already built"
+    )
+
+    def save_shard(index: int, tensors: dict[str, torch.Tensor], seconds: float) -> None:
+        path = _shard_path(shards, index)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"seconds": f"{seconds:.3f}"})
+        os.replace(tmp, path)  # a shard file is whole or absent
+
+    params = SamplingParams(temperature=spec.temperature, max_new_tokens=max_new)
+    _generate(policy, prompt_ids, todo, spec.n, params, seed, layers, plp_layer, every, max_batch_size, save_shard)
+    tensors, timings = _assemble(shards, ranges)
+    seconds = sum(row["seconds"] for row in timings)
+    tensors["prompt/split"] = torch.from_numpy(split)
+    lengths, capped = tensors["sample/length"], tensors["sample/capped"].bool()
+    card = {
+        **fields,
         "counts": {
             "prompts": len(texts),
-            "samples": len(samples),
-            "checkpoints": len(ckpt_t),
+            "samples": len(lengths),
+            "checkpoints": len(tensors["ckpt/t"]),
             **{f"{name}_prompts": int((split == i).sum()) for i, name in enumerate(SPLITS)},
         },
         "lengths": {
@@ -180,11 +281,42 @@ def build(
         },
         "hidden_size": policy.hidden_size,
         "num_layers": depth,
-        "build_time_s": round(time.time() - start, 1),
+        # generation only, summed over the runs that built the shards (a resumed build adds up)
+        "build_time_s": round(seconds, 1),
+        "generated_tokens_per_s": round(float(lengths.sum()) / seconds, 1) if seconds > 0 else None,
+        "wall_time_last_run_s": round(time.time() - start, 1),
+        # per shard, in prompt order: on a shared machine the quiet stretches show the build's own speed
+        "shards": timings,
+        "plan": plan,
     }
-    out_dir = save_dataset(out_dir, card, tensors, texts, split)
+    save_dataset(out_dir, card, tensors, texts, split)
+    shutil.rmtree(shards)
     print(
-        f"[forelen] wrote {out_dir}: {len(samples)} samples, mean length {card['lengths']['mean']:.0f}, "
-        f"capped {card['lengths']['capped_fraction']:.0%}, {card['build_time_s']:.0f} s"
+        f"[forelen] wrote {out_dir}: {len(lengths)} samples, mean length {card['lengths']['mean']:.0f}, "
+        f"capped {card['lengths']['capped_fraction']:.0%}, {card['generated_tokens_per_s']} generated tokens/s"
     )
     return card
+
+
+def _assemble(shards: Path, ranges: list[range]) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """The shards joined in prompt order (sample and checkpoint indices made global) and one row per
+    shard: its prompts, generation seconds and generated tokens."""
+    parts, timings, samples_before = {}, [], 0
+    for index, prompts in enumerate(ranges):
+        path = _shard_path(shards, index)
+        with safe_open(str(path), "pt") as f:
+            seconds = float(f.metadata()["seconds"])
+            shard = {k: f.get_tensor(k) for k in f.keys()}
+        timings.append(
+            {
+                "prompts": [prompts.start, prompts.stop],
+                "seconds": round(seconds, 1),
+                "generated_tokens": int(shard["sample/length"].sum()),
+            }
+        )
+        shard["sample/prompt"] = shard["sample/prompt"] + prompts.start
+        shard["ckpt/sample"] = shard["ckpt/sample"] + samples_before
+        samples_before += len(shard["sample/length"])
+        for key, value in shard.items():
+            parts.setdefault(key, []).append(value)
+    return {k: torch.cat(v) for k, v in parts.items()}, timings

@@ -15,13 +15,21 @@ the train median of L - t over the samples that ran past t), `survival_group` (t
 prompt's other samples). Prompt-only methods (`egtp`, `mean`, `max`, `last`: the pooling of the
 prompt's states at one layer) fit a SoftLabelHead on the train prompts' samples, pick the epoch on
 val, and report test metrics at admission. `plp` fits one head on PLP checkpoints (t = 0, k, 2k, ...)
-to the remaining length and reports both. The other baselines (`ssjf_reg`, `ssjf_mc`, `s3`, `ltr_c`,
-`trail`, `pia`, `tpv`, `history`, `siblings`) are in rollout_len/baselines/; the progressive ones
+to the remaining length and reports both, with the median of the predicted distribution as its point
+prediction (FitConfig.point) and `q90_coverage`, the share of true remaining lengths at most its
+predicted 90% quantile (survival reports one too); the head's levels are recalibrated on the val
+checkpoints (FitConfig.calibrate). Three ablations fit it again: `plp_raw` (not recalibrated),
+`plp_mean` (the mean of the distribution as the point prediction) and `plp_pca` (the features
+projected onto their top PCA_RANK principal components, FitConfig.project). The other baselines
+(`ssjf_reg`, `ssjf_mc`, `s3`, `ltr_c`, `trail`, `pia`, `tpv`, `history`, `siblings`) are in
+rollout_len/baselines/; the progressive ones
 (`trail`, `tpv`, `siblings`) report in flight as well. A method that cannot be fit on the dataset
 (e.g. too few samples) is reported as skipped, with the reason, instead of stopping the table.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
 from rollout_len.baselines.base import IN_FLIGHT
@@ -32,11 +40,13 @@ from rollout_len.predictor.head import check_card
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
-__all__ = ["evaluate_methods", "plp_curve", "format_table", "METHODS", "CURVE_METHODS"]
+__all__ = ["evaluate_methods", "plp_curve", "prompt_only_scores", "format_table", "METHODS", "CURVE_METHODS"]
 
 FLOORS = ("constant", "survival", "survival_group")  # no model: what every predictor must beat
-METHODS = (*FLOORS, *POOLINGS, "plp", *(m for m in BASELINES if m not in FLOORS))
-CURVE_METHODS = ("plp", "survival", "survival_group")  # compared at the same t by `plp_curve`
+PLP_METHODS = ("plp", "plp_raw", "plp_mean", "plp_pca")  # the PLP head and its ablations
+METHODS = (*FLOORS, *POOLINGS, *PLP_METHODS, *(m for m in BASELINES if m not in FLOORS))
+CURVE_METHODS = (*PLP_METHODS, "survival", "survival_group")  # compared at the same t by `plp_curve`
+PCA_RANK = 32  # plp_pca's principal components, unless the FitConfig sets `project`
 
 
 def _fit_and_test(x, y, split, config: FitConfig):
@@ -44,10 +54,13 @@ def _fit_and_test(x, y, split, config: FitConfig):
     if any(int(m.sum()) == 0 for m in (train, val, test)):
         raise ValueError("every split needs examples; the dataset is too small")
     head = fit_head(x[train], y[train], x[val], y[val], config)
-    return head, head.predict(x[test])[0], y[test]
+    return head, head.predict(x[test])[0], y[test]  # the point prediction (config.point)
 
 
-def _prompt_only(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
+def prompt_only_scores(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
+    """{"admission": test metrics + capped_fraction} of a SoftLabelHead fit from the prompt feature
+    `prompt/{layer}/{method}` (P, d) of each train sample to its total length (epoch chosen on val).
+    ValueError when the dataset lacks that feature or a split has no samples."""
     key = f"prompt/{layer}/{method}"
     if key not in data.tensors:
         raise ValueError(f"dataset has no {key}; layers built: {data.card['layers']}")
@@ -55,6 +68,19 @@ def _prompt_only(data: ForeLenData, method: str, layer: int, config: FitConfig) 
     _, pred, true = _fit_and_test(x, data.lengths, data.sample_split, config)
     capped = data.capped[data.samples(TEST)]
     return {"admission": {**evaluate(pred, true), "capped_fraction": float(capped.float().mean())}}
+
+
+def _plp_config(method: str, config: FitConfig) -> FitConfig:
+    """The FitConfig of one of PLP_METHODS: `plp` as given, `plp_raw` without recalibration on val,
+    `plp_mean` with the mean point prediction, `plp_pca` projected onto config.project (PCA_RANK when
+    unset) principal components."""
+    if method == "plp_raw":
+        return replace(config, calibrate=False)
+    if method == "plp_mean":
+        return replace(config, point="mean")
+    if method == "plp_pca":
+        return replace(config, project=config.project or PCA_RANK)
+    return config
 
 
 def _plp(data: ForeLenData, config: FitConfig) -> dict:
@@ -66,11 +92,11 @@ def _plp(data: ForeLenData, config: FitConfig) -> dict:
 def _method(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
     """One method's metrics, or {"skipped": reason} when it cannot be fit on this dataset."""
     try:
-        if method == "plp":
-            return _plp(data, config)
+        if method in PLP_METHODS:
+            return _plp(data, _plp_config(method, config))
         if method in BASELINES:
             return evaluate_baseline(BASELINES[method](), data)
-        return _prompt_only(data, method, layer, config)
+        return prompt_only_scores(data, method, layer, config)
     except ValueError as err:  # e.g. too few samples for a split or for length bins
         return {"skipped": f"cannot be fit on this dataset: {err}"}
 
@@ -122,11 +148,15 @@ def evaluate_methods(
 def plp_curve(folder: str, config: FitConfig | None = None) -> dict[int, dict[str, dict]]:
     """{t: {method: metrics}} for each test checkpoint step t and each of CURVE_METHODS that applies
     (survival_group needs several samples per prompt): the remaining-length error over the test
-    samples still running at t (`n` of them; `capped_fraction` of those hit max_new_tokens)."""
+    samples still running at t (`n` of them; `capped_fraction` of those hit max_new_tokens;
+    `q90_coverage` for the methods that predict a 90% quantile: the PLP heads and survival)."""
     card, t = load_dataset(folder)
     data = ForeLenData(card, t, folder)
-    rows = {"plp": _plp(data, config or FitConfig())}
-    rows.update({m: evaluate_baseline(BASELINES[m](), data) for m in CURVE_METHODS if m != "plp"})
+    config = config or FitConfig()
+    rows = {
+        m: _plp(data, _plp_config(m, config)) if m in PLP_METHODS else evaluate_baseline(BASELINES[m](), data)
+        for m in CURVE_METHODS
+    }
     rows = {m: r for m, r in rows.items() if "by_t" in r}
     steps = sorted({step for r in rows.values() for step in r["by_t"]})
     return {step: {m: r["by_t"][step] for m, r in rows.items() if step in r["by_t"]} for step in steps}
@@ -142,7 +172,7 @@ def _pct(x: float) -> str:
 
 def _row(method: str, m: dict) -> str:
     """One printed row: admission MAE, its capped fraction, RMSE, ±50, ±100, tau | in-flight MAE,
-    its capped fraction, checkpoints."""
+    its capped fraction, checkpoints, q90 coverage ("-" for a method without a q90)."""
     a, f = m.get("admission"), m.get("in_flight")
     left = (
         f"{a['mae']:7.1f} {_pct(a['capped_fraction']):>6s} {a['rmse']:7.1f} {a['acc50']:5.2f} {a['acc100']:5.2f} "
@@ -150,7 +180,11 @@ def _row(method: str, m: dict) -> str:
         if a
         else f"{'-':>7s} {'-':>6s} {'-':>7s} {'-':>5s} {'-':>5s} {'-':>5s}"
     )
-    right = f"{f['mae']:7.1f} {_pct(f['capped_fraction']):>6s} {f['n']:6d}" if f else f"{'-':>7s} {'-':>6s} {'-':>6s}"
+    if f:
+        cover = _pct(f["q90_coverage"]) if "q90_coverage" in f else "-"
+        right = f"{f['mae']:7.1f} {_pct(f['capped_fraction']):>6s} {f['n']:6d} {cover:>6s}"
+    else:
+        right = f"{'-':>7s} {'-':>6s} {'-':>6s} {'-':>6s}"
     return f"  {method:{_W}s} {left} | {right}"
 
 
@@ -172,7 +206,8 @@ def _by_t_table(curves: dict[str, dict]) -> list[str]:
 
 def format_table(results: dict) -> str:
     """The printed eval tables of `evaluate_methods` results: per scenario one row per method
-    (admission | in flight, each MAE with its capped fraction) and the by-t table."""
+    (admission | in flight, each MAE with its capped fraction; cov90: the in-flight q90 coverage) and
+    the by-t table."""
     lines = []
     for scenario, rows in results.items():
         lengths = rows["_card"]["lengths"]
@@ -185,9 +220,10 @@ def format_table(results: dict) -> str:
         )
         lines.append("  admission (t = 0): total length of each test sample")
         lines.append(f"  in flight (t > 0): remaining length, {IN_FLIGHT}")
+        lines.append("  cov90: share of true remaining lengths at most the predicted 90% quantile (aim: ~0.9)")
         lines.append(
             f"  {'method':{_W}s} {'MAE@0':>7s} {'capped':>6s} {'RMSE@0':>7s} {'±50':>5s} {'±100':>5s} {'tau':>5s} | "
-            f"{'MAE t>0':>7s} {'capped':>6s} {'ckpts':>6s}"
+            f"{'MAE t>0':>7s} {'capped':>6s} {'ckpts':>6s} {'cov90':>6s}"
         )
         for method, m in rows.items():
             if method.startswith("_"):

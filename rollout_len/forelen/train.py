@@ -42,11 +42,12 @@ def plp_examples(data: ForeLenData) -> torch.Tensor:
 
 def plp_scores(head: SoftLabelHead, data: ForeLenData, split: int = TEST) -> dict:
     """{"admission": the t = 0 checkpoints' metrics, "in_flight", "by_t"} of a PLP head on one split's
-    checkpoints (remaining lengths, each prediction capped at the budget left)."""
+    checkpoints: remaining lengths, the head's point prediction (its `config.point`) capped at the
+    budget left, and `q90_coverage` of its predicted 90% quantile (`remaining_metrics`)."""
     rows = data.checkpoints(split)
-    mean, quantiles = head.predict(plp_examples(data)[rows])
-    pred, _ = clamp_to_budget(mean, quantiles, data.ckpt_budget_left[rows])
-    result = remaining_metrics(pred, data, rows)
+    point, quantiles = head.predict(plp_examples(data)[rows], quantiles=(0.9,))
+    pred, q90 = clamp_to_budget(point, quantiles, data.ckpt_budget_left[rows])
+    result = remaining_metrics(pred, data, rows, q90[:, 0])
     return {"admission": result["by_t"][0], **result} if 0 in result["by_t"] else result
 
 

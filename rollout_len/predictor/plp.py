@@ -14,7 +14,7 @@ re-estimation.
     tracker.start("s0", prompt_feature, max_new_tokens=512, tokens_done=1)   # after prefill (1 token out)
     tracker.update(step.sample_ids, step.hidden, step.entropy)              # every decode step
     if is_checkpoint(tracker.tokens_done("s0"), k):                         # t = 0, k, 2k, ...
-        mean, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))
+        point, q = tracker.predict(["s0"], quantiles=(0.5, 0.9))     # point: the head's config.point
 
 t counts generated tokens: `start(..., tokens_done=t0)` sets t = t0 with an empty pool, and every `update`
 folds in one decode tap and adds 1. A decode step feeds the newest generated token and samples the next,
@@ -43,11 +43,12 @@ def plp_features(
 
 
 def clamp_to_budget(
-    mean: torch.Tensor, quantiles: torch.Tensor, budget_left: torch.Tensor
+    point: torch.Tensor, quantiles: torch.Tensor, budget_left: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A sample cannot run past its budget: cap predictions at the tokens still allowed."""
+    """A sample cannot run past its budget: cap point predictions (N,) and quantiles (N, Q) at the
+    tokens still allowed (N,)."""
     b = budget_left.float()
-    return torch.minimum(mean, b), torch.minimum(quantiles, b[:, None])
+    return torch.minimum(point, b), torch.minimum(quantiles, b[:, None])
 
 
 class PLPTracker:
@@ -144,7 +145,9 @@ class PLPTracker:
 
     @torch.no_grad()
     def predict(self, sample_ids: list[str], quantiles: tuple[float, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted remaining length (R,) and its quantiles (R, Q)."""
+        """Predicted remaining length (R,) (the head's point prediction, `config.point`) and its
+        quantiles (R, Q), in tokens, capped at each sample's budget left. KeyError for an untracked
+        sample; RuntimeError without a head."""
         if self.head is None:
             raise RuntimeError("PLPTracker has no head yet (set_head)")
         z, budget_left = self.features(sample_ids)

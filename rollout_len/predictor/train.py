@@ -1,6 +1,6 @@
 """Fitting and evaluating length heads: offline fit with validation selection, metrics, online re-fit.
 
-head = fit_head(x_train, y_train, x_val, y_val, FitConfig(num_bins=20))
+head = fit_head(x_train, y_train, x_val, y_val, FitConfig(num_bins=20))   # point="median"
 metrics = evaluate(head.predict(x_test)[0], y_test)   # {"mae", "rmse", "acc50", "acc100", "kendall_tau"}
 
 trainer = OnlineTrainer(head, buffer_size=4096, steps=64)
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead, check_point, check_project
 
 __all__ = ["FitConfig", "fit_head", "evaluate", "kendall_tau", "OnlineTrainer"]
 
@@ -35,6 +35,17 @@ class FitConfig:
     batch_size: int = 64
     patience: int = 20  # epochs without validation improvement before stopping
     seed: int = 0
+    point: str = "median"  # the head's point prediction, also what the val epoch selection scores: "median" | "mean"
+    # recalibrate the predicted distribution's levels on the validation split (head.py), so quantiles
+    # and the median are calibrated on held-out data; False: the raw distribution (an ablation)
+    calibrate: bool = True
+    # r: project the standardized features, but the last two (PLP's log(t+1), log(b+1)), onto their top-r
+    # principal components on the train features (an ablation); None: no projection
+    project: int | None = None
+
+    def __post_init__(self) -> None:
+        check_point(self.point, "FitConfig.point")
+        check_project(self.project, "FitConfig.project")
 
 
 def _check_xy(x: torch.Tensor, y: torch.Tensor, where: str) -> None:
@@ -76,14 +87,27 @@ def fit_head(
     y_val: torch.Tensor,
     config: FitConfig | None = None,
 ) -> SoftLabelHead:
-    """Train a SoftLabelHead; keep the epoch with the lowest validation MAE (early stopping)."""
+    """Train a SoftLabelHead on features (N, d) and lengths (N,); keep the epoch whose point predictions
+    (`config.point`) have the lowest validation MAE (early stopping), then, with `config.calibrate`,
+    recalibrate its levels on the validation split (`SoftLabelHead.calibrate`). With `config.project
+    = r` the projection is fit on x_train. ValueError on bad inputs, or r > d - 2."""
     config = config or FitConfig()
     _check_xy(x_train, y_train, "train")
     _check_xy(x_val, y_val, "val")
+    d = x_train.shape[1]
+    if config.project is not None and config.project > d - 2:
+        raise ValueError(f"FitConfig.project={config.project} exceeds the {d - 2} projected features of {d}-dim ones")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     head = SoftLabelHead(
-        HeadConfig(in_dim=x_train.shape[1], hidden_dim=config.hidden_dim, dropout=config.dropout, lam=config.lam),
+        HeadConfig(
+            in_dim=d,
+            hidden_dim=config.hidden_dim,
+            dropout=config.dropout,
+            lam=config.lam,
+            point=config.point,
+            project=config.project,
+        ),
         make_bins(y_train, config),
     )
     head.set_standardization(x_train)
@@ -104,6 +128,8 @@ def fit_head(
     finally:
         torch.set_num_threads(threads)
     head.load_state_dict(best_state)
+    if config.calibrate:
+        head.calibrate(x_val.float(), y_val)
     return head.eval()
 
 

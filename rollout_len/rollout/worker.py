@@ -195,8 +195,8 @@ class RolloutWorker:
         if self.tracker.head is not None:
             budget = torch.tensor([p.max_new_tokens for p in score])
             z = plp_features(feature, torch.zeros_like(feature), torch.zeros(len(score)), budget)
-            mean, _ = clamp_to_budget(*self.tracker.head.predict(z), budget)
-            predicted = mean.tolist()
+            point, _ = clamp_to_budget(*self.tracker.head.predict(z), budget)  # the head's config.point
+            predicted = point.tolist()
         for p, f, m in zip(score, feature, predicted):
             report.scores[p.key] = (f.clone(), m)
 
@@ -250,7 +250,7 @@ class RolloutWorker:
         tracked = [s.sample_id for s, _ in running if s.sample_id in self.tracker]
         predicted = {}
         if tracked and self.tracker.head is not None:
-            mean, _ = self.tracker.predict(tracked)
-            predicted = dict(zip(tracked, mean.tolist()))
+            point, _ = self.tracker.predict(tracked)
+            predicted = dict(zip(tracked, point.tolist()))
         for sample, rng_state in running:
             self._report_progress(sample, report, rng_state, predicted.get(sample.sample_id))

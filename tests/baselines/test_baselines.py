@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
-from rollout_len.baselines.base import TEST, TRAIN
+from rollout_len.baselines.base import TEST, TRAIN, remaining_metrics
 from rollout_len.baselines.pia import parse_stated_length
 from rollout_len.baselines.proxy import list_mle
 from rollout_len.baselines.trail import shift_down
@@ -125,7 +125,8 @@ def test_survival_and_survival_group_scores_by_hand():
 
     result = _run("survival", data)
     assert "admission" not in result  # at t = 0 it is `constant`
-    # t = 20: samples 7 and 8 run (remaining 5 and 70), survival says median(30 - 20, 50 - 20) = 20.
+    # t = 20: samples 7 and 8 run (remaining 5 and 70), survival says median(30 - 20, 50 - 20) = 20,
+    # and its q90 is 10 + 0.9 x (30 - 10) = 28: it covers 5, not 70.
     at20 = {k: v for k, v in result["by_t"][20].items() if k != "kendall_tau"}  # tau: a tie, NaN
     assert at20 == pytest.approx(
         {
@@ -135,6 +136,7 @@ def test_survival_and_survival_group_scores_by_hand():
             "acc100": 1.0,
             "n": 2,
             "capped_fraction": 0.5,
+            "q90_coverage": 0.5,
         }
     )
     # In flight: samples 7 (t = 10, 20) and 8 (t = 10 .. 80), ten checkpoints, eight of the capped one.
@@ -142,10 +144,38 @@ def test_survival_and_survival_group_scores_by_hand():
     flight = result["in_flight"]
     assert (flight["mae"], flight["n"], flight["samples"]) == (26.0, 10, 2)
     assert flight["capped_fraction"] == pytest.approx(0.8)
+    # q90 at t = 10, 20, 30, 40: 38, 28, 20, 10 (train residuals); from t = 50 none ran past t: 0.9 x the
+    # budget left, 36, 27, 18, 9. Sample 7's 15 and 5 are covered; none of sample 8's 80, 70, .., 10.
+    q90 = BASELINES["survival"]()
+    q90.fit(data)
+    by_step = dict(zip(zip(samples, steps), q90.remaining_q90(data, TEST).tolist()))
+    assert [by_step[8, t] for t in range(10, 90, 10)] == pytest.approx([38, 28, 20, 10, 36, 27, 18, 9])
+    assert flight["q90_coverage"] == pytest.approx(2 / 10)
     constant = _run("constant", data)
     assert "by_t" not in constant
     # Test lengths 5, 25, 90 against the train median 30; one of three capped.
     assert constant["admission"]["mae"] == 30.0 and constant["admission"]["capped_fraction"] == pytest.approx(1 / 3)
+
+
+def test_q90_coverage_is_the_share_of_true_remaining_within_the_clamped_q90():
+    # budget 90; test samples 6 (length 5), 7 (21), 8 (90, capped), checkpoints every 10 tokens
+    data = _hand_data([10, 30, 50, 40, 40, 40, 5, 21, 90], [0, 0, 0, 1, 1, 1, 2, 2, 2], [TRAIN, 1, TEST], budget=90)
+    idx = data.checkpoints(TEST)
+    keys = list(zip(data.ckpt_sample[idx].tolist(), data.ckpt_t[idx].tolist()))
+    true = dict(zip(keys, data.ckpt_remaining[idx].tolist()))
+    assert (true[6, 0], true[7, 0], true[7, 10], true[7, 20], true[8, 0], true[8, 40]) == (5, 21, 11, 1, 90, 50)
+    q90 = {(6, 0): 5.0, (7, 0): 20.0, (7, 10): 11.0, (7, 20): 0.3, (8, 0): 1000.0}  # 0.3 is clamped up to 1
+    q90.update({(8, t): 50.0 for t in range(10, 90, 10)})
+    result = remaining_metrics(torch.zeros(len(idx)), data, idx, torch.tensor([q90[k] for k in keys]))
+    # t = 0: 5 <= 5 yes, 21 <= 20 no, 90 <= min(1000, 90) yes. t = 10: 11 <= 11 yes, 80 <= 50 no. t = 20:
+    # 1 <= 1 yes (clamped), 70 no. Sample 8 from t = 30 on: remaining 60, 50, .., 10 against 50.
+    expected = {0: 2 / 3, 10: 1 / 2, 20: 1 / 2, 30: 0.0, 40: 1.0, 50: 1.0, 60: 1.0, 70: 1.0, 80: 1.0}
+    assert {t: m["q90_coverage"] for t, m in result["by_t"].items()} == pytest.approx(expected)
+    # in flight (t > 0): sample 7 twice (both covered), sample 8 eight times (five covered)
+    assert result["in_flight"]["q90_coverage"] == pytest.approx(7 / 10)
+    assert "q90_coverage" not in remaining_metrics(torch.zeros(len(idx)), data, idx)["in_flight"]
+    with pytest.raises(ValueError, match="q90 must be one per checkpoint"):
+        remaining_metrics(torch.zeros(len(idx)), data, idx, torch.zeros(3))
 
 
 def test_rl_native_methods_need_groups(synthetic, tiny_rl):
@@ -166,9 +196,10 @@ def test_rl_native_methods_need_groups(synthetic, tiny_rl):
     assert "  history        n/a: history needs several samples per prompt; this dataset has n=1" in table
     a, f = constant["admission"], survival["in_flight"]
     row = next(line for line in table if line.startswith("  constant "))
-    assert row.split()[1:3] == [f"{a['mae']:.1f}", "0%"] and row.split()[-3:] == ["-", "-", "-"]
+    assert row.split()[1:3] == [f"{a['mae']:.1f}", "0%"] and row.split()[-4:] == ["-", "-", "-", "-"]
     row = next(line for line in table if line.startswith("  survival "))
-    assert row.split()[1] == "-" and row.split()[-3:] == [f"{f['mae']:.1f}", "0%", str(f["n"])]
+    cover = f"{f['q90_coverage']:.0%}"
+    assert row.split()[1] == "-" and row.split()[-4:] == [f"{f['mae']:.1f}", "0%", str(f["n"]), cover]
     assert any(line.startswith("  remaining-length MAE at decode step t") for line in table)
 
 

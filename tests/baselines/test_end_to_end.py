@@ -8,10 +8,10 @@ from rollout_len.baselines import BASELINES
 from rollout_len.cli import main
 from rollout_len.data import encode_prompt
 from rollout_len.forelen.attribution import attribution
-from rollout_len.forelen.evaluate import METHODS
+from rollout_len.forelen.evaluate import METHODS, PLP_METHODS
 from rollout_len.model import load_policy
 
-PROGRESSIVE = {"survival", "survival_group", "plp", "trail", "tpv", "siblings"}
+PROGRESSIVE = {"survival", "survival_group", *PLP_METHODS, "trail", "tpv", "siblings"}
 IN_FLIGHT_ONLY = {"survival", "survival_group"}  # at t = 0 they are `constant`
 
 

@@ -39,14 +39,18 @@ def test_checkpoints_pool_the_decode_taps_before_t(every):
     """Checkpoints at t = 0, k, 2k, ... < length (t: tokens generated). pool_t is zero at t = 0 and at
     t = 1 (only the prefill's token out); after that it is EGTP over the tap-layer states of generated
     tokens 1 .. t-1, fed by t-1 decode steps, each weighted by the entropy of the distribution it
-    produced. Reference: the same samples decoded again, their decode taps pooled from scratch."""
+    produced. Reference: the same samples decoded again, their decode taps pooled from scratch.
+    Two shards of 2 and 1 prompts share the engine (4 slots for 9 samples), each saved with its own
+    sample indices."""
     policy, layer, n = tiny("llama"), 2, 3
     prompts, params = mixed_prompts(3, seed=1), SamplingParams(temperature=1.0, max_new_tokens=24)
-    feature = torch.zeros(len(prompts), policy.hidden_size)
-    samples, checkpoints = _generate(policy, prompts, feature, n, params, 0, layer, every, max_batch_size=4)
+    saved = {}
+    todo = [(0, range(0, 2)), (1, range(2, 3))]
+    _generate(policy, prompts, todo, n, params, 0, (layer,), layer, every, 4, lambda i, t, _: saved.update({i: t}))
+    assert sorted(saved) == [0, 1] and [len(saved[i]["sample/length"]) for i in (0, 1)] == [6, 3]
 
     engine = DecodeEngine(policy, EngineConfig(max_batch_size=9, tap_layer=layer, tap_entropy=True))
-    again = [Sample(s.sample_id, s.prompt_ids, params, seed=0, group_id=s.group_id) for s in samples]
+    again = [Sample(f"p{p}-s{j}", prompts[p], params, seed=0, group_id=f"p{p}") for p in range(3) for j in range(n)]
     taps: dict[str, list] = {s.sample_id: [] for s in again}
     for s in again:
         engine.add(s)
@@ -54,12 +58,16 @@ def test_checkpoints_pool_the_decode_taps_before_t(every):
         out = engine.step()
         for row, sid in enumerate(out.sample_ids[: out.num_decode_rows]):
             taps[sid].append((out.hidden[row], out.entropy[row]))
-    assert [s.output_ids for s in again] == [s.output_ids for s in samples]
 
-    for i, s in enumerate(samples):
-        mine = [(t, pooled) for j, t, pooled in checkpoints if j == i]
-        assert [t for t, _ in mine] == checkpoint_steps(s.num_output, every)
-        for t, pooled in mine:
+    for i, s in enumerate(again):
+        shard = saved[0] if i < 6 else saved[1]
+        local = i if i < 6 else i - 6
+        assert int(shard["sample/length"][local]) == s.num_output
+        assert int(shard["sample/prompt"][local]) == (i // n if i < 6 else 0)
+        mine = shard["ckpt/sample"] == local
+        steps, pools = shard["ckpt/t"][mine].tolist(), shard["ckpt/pool"][mine]
+        assert steps == checkpoint_steps(s.num_output, every)
+        for t, pooled in zip(steps, pools):
             assert pooled.dtype == torch.float16 and pooled.shape == (policy.hidden_size,)
             fed = taps[s.sample_id][: max(t - 1, 0)]  # tokens 1 .. t-1
             expected = (
@@ -70,8 +78,47 @@ def test_checkpoints_pool_the_decode_taps_before_t(every):
             torch.testing.assert_close(pooled.float(), expected, atol=2e-3, rtol=2e-3)
 
 
+def test_an_interrupted_build_resumes_at_the_first_missing_shard(tmp_path, monkeypatch):
+    import rollout_len.forelen.build as build_module
+
+    out = tmp_path / "rl"
+    whole = build("rl", tmp_path / "whole", model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3)
+    saves = []
+    real_save_file = build_module.save_file
+
+    def fail_on_second_shard(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+        real_save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(build_module, "save_file", fail_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3)
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.safetensors", "plan.json"]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="every differ"):
+        build("rl", out, model="tiny-llama", quick=True, every=4, max_batch_size=16, shard_prompts=3)
+    card = build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3)
+    assert not (out / "shards").exists() and card["counts"] == whole["counts"]
+    _, resumed = load_dataset(out)
+    _, reference = load_dataset(tmp_path / "whole")
+    assert resumed.keys() == reference.keys()
+    for key in ("sample/prompt", "sample/length", "prompt/split"):
+        assert torch.equal(resumed[key], reference[key]), key
+    # checkpoints arrive in step order, which depends on what else the engine ran: compare by (sample, t)
+    order = [(t["ckpt/sample"] * 10_000 + t["ckpt/t"]).argsort() for t in (resumed, reference)]
+    for key in ("ckpt/sample", "ckpt/t"):
+        assert torch.equal(resumed[key][order[0]], reference[key][order[1]]), key
+    pools = [t["ckpt/pool"][o].float() for t, o in zip((resumed, reference), order)]
+    torch.testing.assert_close(pools[0], pools[1], atol=2e-3, rtol=2e-3)
+    assert build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3) == card
+    with pytest.raises(ValueError, match="different finished dataset"):
+        build("rl", out, model="tiny-llama", quick=True, every=4, max_batch_size=16, shard_prompts=3)
+
+
 def test_quick_prompts_ask_for_short_answers():
-    quick, full = scenario_prompts("rl", 3, quick=True), scenario_prompts("rl", 3)
+    quick, full = scenario_prompts("reasoning", 3, quick=True), scenario_prompts("reasoning", 3)
     assert all(q.endswith(QUICK_GSM8K_INSTRUCTION) for q in quick)
     assert [q.rsplit("\n", 1)[0] for q in quick] == [f.rsplit("\n", 1)[0] for f in full]  # same problems
     assert all(
@@ -89,7 +136,7 @@ def test_eval_reports_every_method(tiny_rl):
     curve = plp_curve(str(tiny_rl))
     assert 0 in curve
     for t, row in curve.items():
-        assert set(row) == {"plp", "survival", "survival_group"}
+        assert set(row) == {"plp", "plp_raw", "plp_mean", "plp_pca", "survival", "survival_group"}
         assert row["plp"]["n"] == row["survival"]["n"] == row["survival_group"]["n"] > 0
         assert row["survival"]["mae"] == pytest.approx(rows["survival"]["by_t"][t]["mae"])
 

@@ -9,10 +9,11 @@ import torch
 import rollout_len.forelen.evaluate as evaluate_module
 import rollout_len.forelen.train as train_module
 from rollout_len.baselines.base import ForeLenData
-from rollout_len.forelen.dataset import VAL, load_dataset
-from rollout_len.forelen.evaluate import evaluate_methods
+from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset
+from rollout_len.forelen.evaluate import CURVE_METHODS, PCA_RANK, PLP_METHODS, evaluate_methods, plp_curve
 from rollout_len.forelen.train import load_head, plp_examples, plp_scores, train_head
 from rollout_len.predictor.head import SoftLabelHead
+from rollout_len.predictor.train import FitConfig
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +100,82 @@ def test_cli_train_then_eval_with_the_head(synthetic, tmp_path, capsys):
     assert rows["plp"]["head"] == str(head) and rows["plp"]["in_flight"]["n"] > 0
     assert main(["forelen", "eval", "--head", str(tmp_path / "none"), "--data", str(synthetic)]) == 2
     assert "card.json is missing" in capsys.readouterr().err
+
+
+def test_plp_rows_report_q90_coverage_and_the_ablations(synthetic, monkeypatch):
+    """The plp row scores the median point and the q90 calibration; plp_mean is the same fit with the
+    mean point, plp_pca with the features projected onto PCA_RANK components. Survival's q90 stands beside."""
+    fits = []
+    real_fit = evaluate_module.fit_head
+
+    def recording_fit(*args):
+        fits.append(args[-1])
+        return real_fit(*args)
+
+    monkeypatch.setattr(evaluate_module, "fit_head", recording_fit)
+    rows = evaluate_methods([str(synthetic)], ["survival", "survival_group", *PLP_METHODS])["synthetic"]
+    assert [(c.point, c.project, c.calibrate) for c in fits] == [
+        ("median", None, True),
+        ("median", None, False),
+        ("mean", None, True),
+        ("median", PCA_RANK, True),
+    ]
+    for method in PLP_METHODS:
+        row = rows[method]
+        for m in (row["admission"], row["in_flight"], *row["by_t"].values()):
+            assert 0.0 <= m["q90_coverage"] <= 1.0 and m["n"] > 0
+        assert row["admission"] == row["by_t"][0]
+    assert all("q90_coverage" in m for m in (rows["survival"]["in_flight"], *rows["survival"]["by_t"].values()))
+    assert "q90_coverage" not in rows["survival_group"]["in_flight"]
+    assert rows["plp"] != rows["plp_raw"] != rows["plp_mean"] != rows["plp_pca"]
+    # the plp row's coverage by hand: true remaining <= the head's q90 capped at the budget left
+    data = ForeLenData(*load_dataset(synthetic), synthetic)
+    head = real_fit(*_plp_split(data), FitConfig())
+    test = data.checkpoints(TEST)
+    _, q = head.predict(plp_examples(data)[test], quantiles=(0.9,))
+    covered = data.ckpt_remaining[test] <= torch.minimum(q[:, 0], data.ckpt_budget_left[test].float())
+    later = data.ckpt_t[test] > 0
+    assert rows["plp"]["in_flight"]["q90_coverage"] == pytest.approx(float(covered[later].float().mean()))
+
+
+def _plp_split(data):
+    x, y = plp_examples(data), data.ckpt_remaining
+    train, val = data.ckpt_split == TRAIN, data.ckpt_split == VAL
+    return x[train], y[train], x[val], y[val]
+
+
+def test_plp_curve_has_every_curve_method_with_q90_coverage(synthetic):
+    curve = plp_curve(str(synthetic))
+    assert 0 in curve and 8 in curve
+    for row in curve.values():
+        assert set(row) == set(CURVE_METHODS) == {"plp", "plp_raw", "plp_mean", "plp_pca", "survival", "survival_group"}
+        assert len({m["n"] for m in row.values()}) == 1
+        for method in ("plp", "plp_raw", "plp_mean", "plp_pca", "survival"):
+            assert 0.0 <= row[method]["q90_coverage"] <= 1.0
+        assert "q90_coverage" not in row["survival_group"]
+
+
+def test_a_trained_heads_card_records_its_point(saved):
+    out, card = saved
+    assert card["fit"]["point"] == "median" and card["fit"]["project"] is None
+    head, _ = load_head(out)
+    assert head.config.point == "median"
+    assert "q90_coverage" in card["val"]["synthetic"]["in_flight"]
+
+
+def test_cli_curve_and_eval_json_carry_the_new_rows(synthetic, tmp_path):
+    from rollout_len.cli import main
+
+    curve = tmp_path / "curve.json"
+    assert main(["forelen", "plp-curve", "--data", str(synthetic), "--json", str(curve)]) == 0
+    saved = json.loads(curve.read_text())
+    for row in saved.values():
+        assert set(row) == set(CURVE_METHODS)
+        assert all({"mae", "n"} <= set(m) for m in row.values())
+        assert all("q90_coverage" in row[m] for m in ("plp", "plp_mean", "plp_pca", "survival"))
+    out = tmp_path / "eval.json"
+    methods = "constant,survival,plp,plp_mean,plp_pca"
+    assert main(["forelen", "eval", "--data", str(synthetic), "--methods", methods, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["synthetic"]
+    assert list(rows) == methods.split(",") and set(rows["constant"]) == {"admission"}
+    assert "q90_coverage" in rows["survival"]["in_flight"] and "q90_coverage" in rows["plp_pca"]["by_t"]["8"]

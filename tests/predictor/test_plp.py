@@ -107,3 +107,23 @@ def test_tokens_done_counts_start_plus_updates():
         taps[0].append(hidden[0]), taps[1].append(entropy[0])
     assert tracker.tokens_done("a") == 4 and tracker.tokens_done("b") == 0
     torch.testing.assert_close(tracker.pooled(["a"])[0], pool(torch.stack(taps[0]), torch.stack(taps[1])))
+
+
+def test_the_tracker_predicts_the_heads_point():
+    """The live path's single predicted length is the head's point prediction: the median by default,
+    the mean for a head configured (or saved before `point` existed) so."""
+    tracker = _tracker()
+    tracker.start("a", torch.randn(D), max_new_tokens=512)
+    for _ in range(3):
+        tracker.update(["a"], torch.randn(1, D), torch.rand(1))
+    z, _ = tracker.features(["a"])
+    point, q = tracker.predict(["a"], quantiles=(0.5,))
+    assert tracker.head.config.point == "median"
+    torch.testing.assert_close(point, q[:, 0])
+    state = tracker.head.to_state()
+    state["config"]["point"] = "mean"
+    tracker.set_head(SoftLabelHead.from_state(state))
+    with torch.no_grad():
+        expected = tracker.head(z)[1]
+    torch.testing.assert_close(tracker.predict(["a"])[0], expected)
+    assert not torch.allclose(expected, point)
