@@ -83,7 +83,7 @@ def _add_bench(sub) -> None:
     r.add_argument("--n", type=int, default=8, help="samples per prompt")
     r.add_argument("--slots", type=int, default=8, help="decode slots per worker (queues form beyond them)")
     r.add_argument("--max-new-tokens", type=int, default=256)
-    r.add_argument("--task", default="gsm8k", help="prompt set (rollout_len.bench.lengths.TASKS), e.g. gsm8k, arith")
+    r.add_argument("--task", default="gsm8k", help="prompt set (rollout_len.tasks.TASKS), e.g. gsm8k, arith")
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--every", type=int, default=16, help="PLP interval k (decode steps per chunk)")
     r.add_argument(
@@ -319,6 +319,15 @@ def _forelen(args) -> int:
             first = next(iter(row.values()))
             cells = [f"{row[m]['mae']:14.1f}" if m in row else f"{'-':>14s}" for m in names]
             print(f"{t:5d} {first['n']:5d} {first['capped_fraction']:6.0%} " + " ".join(cells))
+        print("MAE / survival's MAE at t, 95% interval over test prompts (paired bootstrap)")
+        print(f"{'t':>5s} " + " ".join(f"{m:>20s}" for m in names))
+        for t, row in curve.items():
+            cells = []
+            for m in names:
+                vs = row.get(m, {}).get("vs_survival")
+                ok = vs and vs["ci95"]
+                cells.append(f"{vs['ratio']:.2f} [{vs['ci95'][0]:.2f},{vs['ci95'][1]:.2f}]" if ok else "-")
+            print(f"{t:5d} " + " ".join(f"{c:>20s}" for c in cells))
         payload = {str(t): row for t, row in curve.items()}
         if args.png:
             from rollout_len.forelen.plots import plot_plp_curve

@@ -4,7 +4,7 @@
     .venv/bin/python recipes/grpo_demo/grpo_demo.py --config recipes/grpo_demo/grpo_demo.yaml [--key value ...]
 
 Every key of the YAML is also a flag (`max_new_tokens` -> `--max-new-tokens`). The prompts are a task of
-`rollout_len.bench.lengths` (`--task arith`: synthetic arithmetic of four difficulties, the workload
+`rollout_len.tasks` (`--task arith`: synthetic arithmetic of four difficulties, the workload
 chosen in docs/results/workload.md; `--task gsm8k`: GSM8K, step by step). One GRPO step:
 
   gen            LengthAwareRollout.generate_sequences (rollout_len.verl) on a verl DataProto of the task's chat
@@ -82,7 +82,7 @@ def load_config(argv: list[str] | None = None) -> dict:
             parser.add_argument(flag, dest=key, default=value, type=type(value))
     args = vars(parser.parse_args(rest))
     args.pop("config")
-    from rollout_len.bench.lengths import TASKS
+    from rollout_len.tasks import TASKS
 
     if args["task"] not in TASKS:
         raise ValueError(f"task (--task) {args['task']!r} is unknown; valid: {sorted(TASKS)}")
@@ -165,10 +165,10 @@ class GRPODemo:
     def setup(self) -> None:
         import ray
 
-        from rollout_len.bench.lengths import task_prompts
         from rollout_len.data import encode_prompt
         from rollout_len.model import load_policy
         from rollout_len.rollout.coordinator import RolloutConfig
+        from rollout_len.tasks import task_prompts
         from rollout_len.verl import LengthAwareRollout
         from rollout_len.verl.actor import GRPOActor
         from rollout_len.verl.demo_report import SimReplay

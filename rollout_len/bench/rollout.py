@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 
 from rollout_len.bench import write_json
-from rollout_len.bench.lengths import task_prompts
 from rollout_len.bench.sim import compare
 from rollout_len.data import encode_prompt
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
@@ -60,6 +59,7 @@ from rollout_len.sched.costmodel import CostModel
 from rollout_len.sched.policies import POLICIES
 from rollout_len.sched.predictions import PredictionQuality
 from rollout_len.sched.simulator import floor_s, simulate
+from rollout_len.tasks import task_prompts
 
 DEFAULT_POLICIES = ("pool", "fcfs", "length_aware", "oracle")
 SIM_SIGMA = 0.5  # log-normal noise of the simulated predictor (bench sim's default)

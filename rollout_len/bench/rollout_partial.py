@@ -40,7 +40,6 @@ from dataclasses import replace
 import numpy as np
 
 from rollout_len.bench import write_json
-from rollout_len.bench.lengths import task_prompts
 from rollout_len.bench.rollout import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -57,6 +56,7 @@ from rollout_len.sched.costmodel import CostModel
 from rollout_len.sched.partial import ON_STALE, PARTIAL_ROWS, PartialConfig, PartialRun, simulate_partial
 from rollout_len.sched.policies import POLICIES
 from rollout_len.sched.predictions import LengthPrior, PredictionQuality
+from rollout_len.tasks import task_prompts
 
 DEFAULT_ROWS = ("fcfs_sync", "april", "length_aware_partial")
 

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
 from rollout_len.baselines import BASELINES, ForeLenData, evaluate_baseline
-from rollout_len.baselines.base import IN_FLIGHT
+from rollout_len.baselines.base import IN_FLIGHT, remaining_metrics
 from rollout_len.baselines.encoder import ENCODERS
 from rollout_len.forelen.dataset import TEST, TRAIN, VAL, load_dataset
-from rollout_len.forelen.train import dataset_identity, load_head, plp_examples, plp_scores
+from rollout_len.forelen.train import dataset_identity, load_head, plp_examples, plp_predictions, plp_scores
 from rollout_len.predictor.head import check_card
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
@@ -145,21 +147,65 @@ def evaluate_methods(
     return results
 
 
-def plp_curve(folder: str, config: FitConfig | None = None) -> dict[int, dict[str, dict]]:
+def plp_curve(folder: str, config: FitConfig | None = None, rounds: int = 2000) -> dict[int, dict[str, dict]]:
     """{t: {method: metrics}} for each test checkpoint step t and each of CURVE_METHODS that applies
     (survival_group needs several samples per prompt): the remaining-length error over the test
     samples still running at t (`n` of them; `capped_fraction` of those hit max_new_tokens;
-    `q90_coverage` for the methods that predict a 90% quantile: the PLP heads and survival)."""
+    `q90_coverage` for the methods that predict a 90% quantile: the PLP heads and survival).
+
+    Every method but survival also gets `vs_survival` at each t: {"ratio": its MAE / survival's MAE
+    on the same checkpoints, "ci95": [low, high], "prompts": G}, the interval from a paired bootstrap
+    over the G test prompts running at t (`rounds` resamples; a prompt's checkpoints are resampled
+    together, since samples of one prompt are not independent)."""
     card, t = load_dataset(folder)
     data = ForeLenData(card, t, folder)
     config = config or FitConfig()
-    rows = {
-        m: _plp(data, _plp_config(m, config)) if m in PLP_METHODS else evaluate_baseline(BASELINES[m](), data)
-        for m in CURVE_METHODS
-    }
+    test = data.checkpoints(TEST)
+    rows, errors = {}, {}
+    for m in CURVE_METHODS:
+        if m in PLP_METHODS:
+            head, _, _ = _fit_and_test(plp_examples(data), data.ckpt_remaining, data.ckpt_split, _plp_config(m, config))
+            idx, pred, q90 = plp_predictions(head, data, TEST)
+            rows[m] = remaining_metrics(pred, data, idx, q90)
+        else:
+            baseline = BASELINES[m]()
+            rows[m] = evaluate_baseline(baseline, data)  # fits it
+            if "by_t" not in rows[m]:
+                continue
+            idx, pred = test, baseline.predict_remaining(data, TEST)
+        errors[m] = (pred.float() - data.ckpt_remaining[idx].float()).abs()  # (C,) over the test checkpoints
     rows = {m: r for m, r in rows.items() if "by_t" in r}
     steps = sorted({step for r in rows.values() for step in r["by_t"]})
-    return {step: {m: r["by_t"][step] for m, r in rows.items() if step in r["by_t"]} for step in steps}
+    curve = {step: {m: dict(r["by_t"][step]) for m, r in rows.items() if step in r["by_t"]} for step in steps}
+    prompt = data.sample_prompt[data.ckpt_sample[test]]  # (C,)
+    gen = torch.Generator().manual_seed(0)
+    for step, row in curve.items():
+        at = data.ckpt_t[test] == step
+        for m in row:
+            if m != "survival" and "survival" in errors and m in errors:
+                row[m]["vs_survival"] = paired_ratio_ci(errors[m][at], errors["survival"][at], prompt[at], rounds, gen)
+    return curve
+
+
+def paired_ratio_ci(
+    err_a: torch.Tensor, err_b: torch.Tensor, groups: torch.Tensor, rounds: int, gen: torch.Generator
+) -> dict:
+    """{"ratio": Σ err_a / Σ err_b, "ci95": [low, high], "prompts": G}: absolute errors (N,) of two
+    predictors on the same rows, `groups` (N,) the prompt of each row; each bootstrap round draws G
+    groups with replacement and takes every row of each. ci95 is None when Σ err_b is 0 or G < 2."""
+    ids, group = torch.unique(groups, return_inverse=True)
+    a = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, group, err_a.double())  # (G,)
+    b = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, group, err_b.double())
+    total_b = float(b.sum())
+    if total_b == 0:
+        return {"ratio": None, "ci95": None, "prompts": len(ids)}
+    ratio = float(a.sum()) / total_b
+    if len(ids) < 2:
+        return {"ratio": ratio, "ci95": None, "prompts": len(ids)}
+    draws = torch.randint(len(ids), (rounds, len(ids)), generator=gen)  # (R, G)
+    ratios = a[draws].sum(1) / b[draws].sum(1).clamp_min(1e-12)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"ratio": ratio, "ci95": [low, high], "prompts": len(ids)}
 
 
 CURVE_STEPS = (0, 16, 32, 64, 128, 256, 384, 512, 768)  # decode steps shown in the printed by-t table

@@ -1,7 +1,7 @@
 """The three ForeLen-lite scenarios: prompts, sampling and budgets.
 
 `rl` is the one-to-many RL case on the workload the GRPO demo trains on: the synthetic arithmetic
-task (`rollout_len.bench.lengths`, task `arith`) at temperature 0.7 with 256 new tokens, n = 8. Its
+task (`rollout_len.tasks`, task `arith`) at temperature 0.7 with 256 new tokens, n = 8. Its
 lengths are long-tailed and end on their own (docs/results/workload.md: 3-4% capped, p90 / median
 2.5-3.1). GSM8K with step-by-step working, the first choice, ran 40% of its samples into a 512-token
 cap at temperature 1.0 (the small model rambles), which leaves little to predict and flatters any
@@ -132,7 +132,7 @@ def scenario_prompts(name: str, count: int, seed: int = 0, quick: bool = False) 
     if name == "longseq":
         return longseq_prompts(count, seed, short=quick)
     if name == "rl":
-        from rollout_len.bench.lengths import task_prompts
+        from rollout_len.tasks import task_prompts
 
         return [p.prompt for p in task_prompts("arith", count, seed)]
     rows = gsm8k_prompts(instruction=QUICK_GSM8K_INSTRUCTION if quick else GSM8K_INSTRUCTION)

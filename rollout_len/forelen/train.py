@@ -29,7 +29,7 @@ from rollout_len.predictor.head import SoftLabelHead, check_card, load_card
 from rollout_len.predictor.plp import clamp_to_budget, plp_features
 from rollout_len.predictor.train import FitConfig, fit_head
 
-__all__ = ["plp_examples", "plp_scores", "train_head", "load_head", "dataset_identity"]
+__all__ = ["plp_examples", "plp_predictions", "plp_scores", "train_head", "load_head", "dataset_identity"]
 
 
 def plp_examples(data: ForeLenData) -> torch.Tensor:
@@ -40,14 +40,24 @@ def plp_examples(data: ForeLenData) -> torch.Tensor:
     return plp_features(prompt, t["ckpt/pool"].float(), data.ckpt_t, data.ckpt_budget_left)
 
 
+def plp_predictions(
+    head: SoftLabelHead, data: ForeLenData, split: int = TEST
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows (C,), point (C,), q90 (C,)) of a PLP head on one split's checkpoints `data.checkpoints(split)`:
+    the head's point prediction of the remaining length (its `config.point`) and its 90% quantile,
+    both capped at the budget left."""
+    rows = data.checkpoints(split)
+    point, quantiles = head.predict(plp_examples(data)[rows], quantiles=(0.9,))
+    pred, q90 = clamp_to_budget(point, quantiles, data.ckpt_budget_left[rows])
+    return rows, pred, q90[:, 0]
+
+
 def plp_scores(head: SoftLabelHead, data: ForeLenData, split: int = TEST) -> dict:
     """{"admission": the t = 0 checkpoints' metrics, "in_flight", "by_t"} of a PLP head on one split's
     checkpoints: remaining lengths, the head's point prediction (its `config.point`) capped at the
     budget left, and `q90_coverage` of its predicted 90% quantile (`remaining_metrics`)."""
-    rows = data.checkpoints(split)
-    point, quantiles = head.predict(plp_examples(data)[rows], quantiles=(0.9,))
-    pred, q90 = clamp_to_budget(point, quantiles, data.ckpt_budget_left[rows])
-    result = remaining_metrics(pred, data, rows, q90[:, 0])
+    rows, pred, q90 = plp_predictions(head, data, split)
+    result = remaining_metrics(pred, data, rows, q90)
     return {"admission": result["by_t"][0], **result} if 0 in result["by_t"] else result
 
 

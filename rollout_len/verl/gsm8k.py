@@ -75,7 +75,7 @@ def gsm8k_batch(rows: list[dict], n: int, uid_prefix: str = ""):
 
 def task_records(items: list, data_source: str) -> list[dict]:
     """verl records of a task's prompts: items with `.prompt` (the user message) and `.answer` (the final
-    number as text), e.g. `rollout_len.bench.lengths.task_prompts`; `data_source` names the task."""
+    number as text), e.g. `rollout_len.tasks.task_prompts`; `data_source` names the task."""
     return [
         {
             "data_source": data_source,

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from rollout_len.bench.lengths import answer_correct, length_stats, run, solve_stats, task_prompts
+from rollout_len.bench.lengths import length_stats, run, solve_stats
 from rollout_len.cli import main
+from rollout_len.data import answer_correct
 from rollout_len.sched.simulator import load_trace
+from rollout_len.tasks import task_prompts
 
 
 def test_length_stats_on_known_lengths():

@@ -179,3 +179,22 @@ def test_cli_curve_and_eval_json_carry_the_new_rows(synthetic, tmp_path):
     rows = json.loads(out.read_text())["synthetic"]
     assert list(rows) == methods.split(",") and set(rows["constant"]) == {"admission"}
     assert "q90_coverage" in rows["survival"]["in_flight"] and "q90_coverage" in rows["plp_pca"]["by_t"]["8"]
+
+
+def test_plp_curve_ratios_to_survival_have_a_prompt_bootstrap_interval(synthetic):
+    from rollout_len.forelen.evaluate import paired_ratio_ci
+
+    curve = plp_curve(str(synthetic), rounds=500)
+    for row in curve.values():
+        assert "vs_survival" not in row["survival"]
+        for method in ("plp", "plp_raw", "plp_mean", "plp_pca", "survival_group"):
+            vs = row[method]["vs_survival"]
+            assert vs["ratio"] == pytest.approx(row[method]["mae"] / row["survival"]["mae"], rel=1e-4)
+            if vs["prompts"] >= 2:
+                assert vs["ci95"][0] <= vs["ratio"] <= vs["ci95"][1]
+    # by hand: two prompts whose error ratios are 1 and 3; resampling prompts spans both extremes
+    a, b, groups = torch.tensor([1.0, 1.0, 3.0]), torch.tensor([1.0, 1.0, 1.0]), torch.tensor([7, 7, 9])
+    got = paired_ratio_ci(a, b, groups, 2000, torch.Generator().manual_seed(0))
+    assert got["ratio"] == pytest.approx(5 / 3) and got["prompts"] == 2
+    assert got["ci95"][0] == pytest.approx(1.0) and got["ci95"][1] == pytest.approx(3.0)
+    assert paired_ratio_ci(a, torch.zeros(3), groups, 10, torch.Generator())["ratio"] is None
