@@ -197,9 +197,9 @@ def _add_forelen(sub) -> None:
     e.add_argument(
         "--methods",
         default="all",
-        help="comma list of constant,survival,survival_group,egtp,mean,max,last,plp,plp_mean,plp_pca,ssjf_reg,"
-        "ssjf_mc,s3,ltr_c,trail,pia,tpv,history,siblings, or 'all' (plp_mean: the mean point prediction; "
-        "plp_pca: features projected onto 32 principal components)",
+        help="comma list of constant,survival,survival_group,egtp,mean,max,last,plp,plp_raw,plp_mean,plp_pca,"
+        "ssjf_reg,ssjf_mc,s3,ltr_c,trail,pia,tpv,history,siblings, or 'all' (plp_raw: not recalibrated; plp_mean: "
+        "the mean point prediction; plp_pca: features projected onto 32 principal components)",
     )
     e.add_argument("--layer", type=int, help="hidden layer of the prompt features (default: the PLP layer)")
     e.add_argument("--encoder", default="all-minilm-l6-v2", help="proxy encoder of ssjf_reg, ssjf_mc, s3, ltr_c")
@@ -270,20 +270,36 @@ def _forelen(args) -> int:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit (number of prompts) must be >= 1, got {args.limit}")
 
-        build(
-            args.scenario,
-            args.out,
-            model=args.model,
-            prompts_file=args.prompts,
-            limit=args.limit,
-            quick=args.quick,
-            seed=args.seed,
-            every=args.every,
-            max_batch_size=args.max_batch_size,
-            shard_prompts=args.shard_prompts,
-        )
+        try:
+            build(
+                args.scenario,
+                args.out,
+                model=args.model,
+                prompts_file=args.prompts,
+                limit=args.limit,
+                quick=args.quick,
+                seed=args.seed,
+                every=args.every,
+                max_batch_size=args.max_batch_size,
+                shard_prompts=args.shard_prompts,
+            )
+        except KeyboardInterrupt:
+            shards = Path(args.out) / "shards"
+            saved = len(list(shards.glob("*.safetensors"))) if shards.is_dir() else 0
+            print(
+                f"\ninterrupted: {saved} finished shard(s) kept in {shards}; run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 130
         return 0
+    from rollout_len.bench import write_json
+    from rollout_len.bench.sim import check_output
     from rollout_len.forelen.evaluate import CURVE_METHODS, METHODS, evaluate_methods, format_table, plp_curve
+
+    if args.json:
+        check_output("--json", args.json)  # before the slow part
+    if getattr(args, "png", None):
+        check_output("--png", args.png)
 
     if args.forelen == "plots":
         from rollout_len.forelen.plots import plot_lengths
@@ -333,9 +349,7 @@ def _forelen(args) -> int:
             from rollout_len.forelen.plots import plot_plp_curve
 
             plot_plp_curve(curve, args.png, title=f"remaining-length error ({Path(args.data).name})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+    write_json(payload, args.json)  # strict JSON: an undefined figure (e.g. tau of a constant) is null
     return 0
 
 

@@ -199,11 +199,25 @@ def build(
         raise ValueError(f"k (--every) must be >= 1, got {every}")
     if shard_prompts < 1:
         raise ValueError(f"--shard-prompts must be >= 1, got {shard_prompts}")
+    if not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"--max-batch-size must be an int >= 1, got {max_batch_size!r}")
+    out_dir = Path(out_dir)
+    ours = {"card.json", "data.safetensors", "prompts.jsonl", "shards"}
+    if (
+        out_dir.is_dir()
+        and any(out_dir.iterdir())
+        and not ((out_dir / "card.json").is_file() or (out_dir / "shards").is_dir())
+    ):
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)[:5]
+        raise ValueError(
+            f"--out {out_dir} holds files that are not a ForeLen-lite build ({', '.join(foreign) or 'prompts.jsonl'}); "
+            "a build writes card.json, data.safetensors and prompts.jsonl there: choose an empty or new folder"
+        )
     spec = SCENARIOS[scenario]
     count = limit or (spec.quick_prompts if quick else spec.num_prompts)
     max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
     texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed, quick)
-    out_dir, start = Path(out_dir), time.time()
+    start = time.time()
     policy = load_policy(model)
     depth = policy.num_layers
     layers = layers or (max(1, depth // 3), max(1, 2 * depth // 3), depth)
@@ -230,8 +244,13 @@ def build(
     card_path = out_dir / "card.json"
     if card_path.is_file() and not shards.exists():
         card = json.loads(card_path.read_text())
-        if card.get("plan") != plan:
-            raise ValueError(f"{out_dir} already holds a different finished dataset; choose another --out")
+        before = card.get("plan") or {}
+        differ = sorted(k for k in plan.keys() | before.keys() if plan.get(k) != before.get(k))
+        if differ:
+            raise ValueError(
+                f"{out_dir} already holds a different finished dataset ({', '.join(differ)} differ); "
+                "choose another --out"
+            )
         print(f"[forelen] {out_dir} is already built ({card['counts']['samples']} samples); nothing to do")
         return card
     shards.mkdir(parents=True, exist_ok=True)
@@ -285,8 +304,7 @@ def build(
         "build_time_s": round(seconds, 1),
         "generated_tokens_per_s": round(float(lengths.sum()) / seconds, 1) if seconds > 0 else None,
         "wall_time_last_run_s": round(time.time() - start, 1),
-        # per shard, in prompt order: on a shared machine the quiet stretches show the build's own speed
-        "shards": timings,
+        "shards": timings,  # per shard, in prompt order (_assemble)
         "plan": plan,
     }
     save_dataset(out_dir, card, tensors, texts, split)
@@ -300,7 +318,9 @@ def build(
 
 def _assemble(shards: Path, ranges: list[range]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """The shards joined in prompt order (sample and checkpoint indices made global) and one row per
-    shard: its prompts, generation seconds and generated tokens."""
+    shard: its prompts, the seconds between the save before it and its own (shards overlap in the
+    engine, so one may take most of the time and the next almost none; the sum is the generation
+    time) and its generated tokens."""
     parts, timings, samples_before = {}, [], 0
     for index, prompts in enumerate(ranges):
         path = _shard_path(shards, index)

@@ -14,9 +14,9 @@ card.json
     counts {prompts, samples, checkpoints, train_prompts, val_prompts, test_prompts},
     lengths {mean, median, max, capped_fraction}, hidden_size, num_layers (the model's decoder layers;
     absent from older builds), build_time_s (generation seconds, summed over the runs of a resumed
-    build), generated_tokens_per_s, wall_time_last_run_s, shards [{prompts [start, stop), seconds,
-    generated_tokens}] and plan (the settings and the prompts' sha256 a resumed build must match);
-    older builds lack the last four.
+    build), generated_tokens_per_s, wall_time_last_run_s, shards [{prompts [start, stop), seconds since
+    the previous shard was saved, generated_tokens}] and plan (the settings and the prompts' sha256 a
+    resumed build must match); older builds lack the last four.
 
 data.safetensors
     prompt/{L}/{pooling}   (P, d) float32   the prompt's states at the output of decoder layer L pooled

@@ -132,6 +132,8 @@ def evaluate_methods(
         card, t = load_dataset(folder)
         if saved is not None:  # every dataset checked before anything is scored
             check_card(saved[1], dataset_identity(card), f"dataset {folder}")
+        if layer is not None and layer not in card["layers"]:
+            raise ValueError(f"--layer {layer}: {folder} stores prompt features at layers {card['layers']} only")
         datasets.append((folder, card, t))
     results: dict = {}
     for folder, card, t in datasets:

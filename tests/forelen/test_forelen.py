@@ -222,3 +222,44 @@ def test_cli_eval_curve_and_plots(tiny_rl, tmp_path, capsys):
     assert main(["forelen", "plots", "--data", str(tiny_rl), "--png", str(lengths_png)]) == 0
     assert lengths_png.stat().st_size > 1000
     assert main(["forelen", "eval", "--data", str(tmp_path / "missing")]) == 2
+
+
+def test_build_refuses_a_folder_of_other_files_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    from rollout_len.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "prompts.jsonl").write_text('{"prompt": "What is 2 + 2?"}\n' * 3)
+    before = (mine / "prompts.jsonl").read_text()
+    with pytest.raises(ValueError, match="not a ForeLen-lite build"):
+        build("rl", mine, model="tiny-llama", quick=True, prompts_file=str(mine / "prompts.jsonl"))
+    assert (mine / "prompts.jsonl").read_text() == before and sorted(p.name for p in mine.iterdir()) == [
+        "prompts.jsonl"
+    ]
+
+    import rollout_len.forelen.build as build_module
+
+    def interrupted(*args, **kwargs):
+        (tmp_path / "out" / "shards").mkdir(parents=True)
+        (tmp_path / "out" / "shards" / "00000.safetensors").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "build", interrupted)
+    argv = ["forelen", "build", "--scenario", "rl", "--model", "tiny-llama", "--out", str(tmp_path / "out")]
+    assert main(argv) == 130
+    assert "interrupted: 1 finished shard(s) kept" in capsys.readouterr().err
+
+
+def test_eval_checks_its_output_and_layer_first_and_writes_strict_json(tiny_rl, tmp_path, capsys):
+    from rollout_len.cli import main
+
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "constant", "--json", str(folder)]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "mean", "--layer", "7"]) == 2
+    assert "--layer 7" in capsys.readouterr().err
+    out = tmp_path / "eval.json"
+    assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "constant,survival", "--json", str(out)]) == 0
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["rl"]["constant"]["admission"]["kendall_tau"] is None
