@@ -296,10 +296,9 @@ def _forelen(args) -> int:
     from rollout_len.bench.sim import check_output
     from rollout_len.forelen.evaluate import CURVE_METHODS, METHODS, evaluate_methods, format_table, plp_curve
 
-    if args.json:
-        check_output("--json", args.json)  # before the slow part
-    if getattr(args, "png", None):
-        check_output("--png", args.png)
+    for flag in ("json", "png"):  # before the slow part (not every subcommand has both)
+        if getattr(args, flag, None):
+            check_output(f"--{flag}", getattr(args, flag))
 
     if args.forelen == "plots":
         from rollout_len.forelen.plots import plot_lengths
