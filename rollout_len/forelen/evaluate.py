@@ -51,12 +51,23 @@ CURVE_METHODS = (*PLP_METHODS, "survival", "survival_group")  # compared at the 
 PCA_RANK = 32  # plp_pca's principal components, unless the FitConfig sets `project`
 
 
-def _fit_and_test(x, y, split, config: FitConfig):
+def _fit(x, y, split, config: FitConfig):
+    """A head fit on the train rows (epoch chosen on val); ValueError when a split has no rows."""
     train, val, test = (split == i for i in (TRAIN, VAL, TEST))
     if any(int(m.sum()) == 0 for m in (train, val, test)):
         raise ValueError("every split needs examples; the dataset is too small")
-    head = fit_head(x[train], y[train], x[val], y[val], config)
+    return fit_head(x[train], y[train], x[val], y[val], config)
+
+
+def _fit_and_test(x, y, split, config: FitConfig):
+    head = _fit(x, y, split, config)
+    test = split == TEST
     return head, head.predict(x[test])[0], y[test]  # the point prediction (config.point)
+
+
+def _fit_plp(data: ForeLenData, config: FitConfig):
+    """A PLP head fit on the train checkpoints' remaining lengths (epoch chosen on val)."""
+    return _fit(plp_examples(data), data.ckpt_remaining, data.ckpt_split, config)
 
 
 def prompt_only_scores(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
@@ -87,8 +98,7 @@ def _plp_config(method: str, config: FitConfig) -> FitConfig:
 
 def _plp(data: ForeLenData, config: FitConfig) -> dict:
     """`plp_scores` on the test split of a PLP head fit on the train checkpoints (epoch chosen on val)."""
-    head, _, _ = _fit_and_test(plp_examples(data), data.ckpt_remaining, data.ckpt_split, config)
-    return plp_scores(head, data, TEST)
+    return plp_scores(_fit_plp(data, config), data, TEST)
 
 
 def _method(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
@@ -166,8 +176,7 @@ def plp_curve(folder: str, config: FitConfig | None = None, rounds: int = 2000) 
     rows, errors = {}, {}
     for m in CURVE_METHODS:
         if m in PLP_METHODS:
-            head, _, _ = _fit_and_test(plp_examples(data), data.ckpt_remaining, data.ckpt_split, _plp_config(m, config))
-            idx, pred, q90 = plp_predictions(head, data, TEST)
+            idx, pred, q90 = plp_predictions(_fit_plp(data, _plp_config(m, config)), data, TEST)
             rows[m] = remaining_metrics(pred, data, idx, q90)
         else:
             baseline = BASELINES[m]()
