@@ -25,13 +25,20 @@ chosen in docs/results/workload.md; `--task gsm8k`: GSM8K, step by step). One GR
   update_weights the trainer's weights to every rollout worker, then a check that the workers' logits on a
                  prompt match the trainer's
 
-`--mode partial` trains on stall-free steps instead (LengthAwareRollout.generate_partial): each step returns
-prompts_per_step complete groups out of prompts_per_step / (1 - over_sample_rate) in flight and carries the rest,
-with their tokens, into the next step (a carried sample older than max_staleness steps is restarted or its group
-dropped: on_stale); the actor weights stale tokens by verl's truncated importance ratio (rollout_is_threshold).
-Beside it, as a measurement, gen_fcfs is an fcfs synchronous rollout of the prompts a synchronous run would take at
-that step; the figures are trained tokens per second of both and their ratio with a 95% bootstrap interval over
-steps, and the staleness histogram (rollout_len.verl.partial_report; no simulator replay, no HTML report).
+Three modes (`--mode`):
+
+  both (default) each step runs three rollouts on the same weights, in one of the six orders in turn: the
+                 partial run's step (trained on), and length_aware and fcfs on the step's synchronous batch
+                 (measured only; the replay and savings above compare these two). The partial step
+                 (LengthAwareRollout.generate_partial) returns prompts_per_step complete groups out of
+                 prompts_per_step / (1 - over_sample_rate) in flight and carries the rest, with their tokens, into
+                 the next step (a carried sample older than max_staleness steps is restarted or its group dropped:
+                 on_stale); the actor weights stale tokens by verl's truncated importance ratio
+                 (rollout_is_threshold). Its figure: trained tokens per second against the fcfs synchronous
+                 rollout's, their ratio with a 95% bootstrap interval over steps, and the staleness histogram
+                 (rollout_len.verl.partial_report)
+  sync           the synchronous comparison alone: length_aware and fcfs, trained on length_aware's rollout
+  partial        the partial run alone, each step beside an fcfs synchronous rollout of the step's batch
 
 Timings follow verl's names (timing_s/gen, ..., timing_s/step = the step without gen_fcfs). The rollout
 times compared (timing_s/gen, timing_s/gen_fcfs) are driver wall times of the two rollouts, each with its
@@ -46,6 +53,7 @@ same panels (offline unless WANDB_MODE says otherwise) under `out/wandb`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -58,7 +66,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("grpo_demo.yaml")
 ACTOR_KEYS = ("train_layers", "lr", "weight_decay", "grad_clip", "clip_ratio", "loss_agg_mode", "temperature")
-PARTIAL_NOTE = "not measured in a synchronous run: the stall-free mode is its own run (--mode partial)"
+PARTIAL_NOTE = "not measured: --mode sync runs no stall-free steps (the default --mode both does)"
 
 
 def load_config(argv: list[str] | None = None) -> dict:
@@ -129,7 +137,10 @@ def load_config(argv: list[str] | None = None) -> dict:
 
 
 WANDB_MODES = ("offline", "online", "disabled")
-MODES = ("sync", "partial")
+MODES = ("both", "sync", "partial")
+# both: the three rollouts of a step run in each of the six orders in turn, so over six steps every policy
+# runs first, second and third twice and each pair runs in each order three times (the machine's load drifts)
+ROLLOUT_ORDERS = tuple(itertools.permutations(("length_aware", "fcfs", "partial")))
 
 
 def _check_numbers(args: dict) -> None:
@@ -181,7 +192,7 @@ class GRPODemo:
         # rollout workers then load the converted copy.
         policy = load_policy(c["model"], dtype=c["dtype"], device=c["device"])
         self.model, self.tokenizer = policy.model, policy.tokenizer
-        partial = c["mode"] == "partial"
+        partial = c["mode"] in ("partial", "both")  # the run trains on partial steps
         correction = c["rollout_is_threshold"] if partial else None  # synchronous rollouts are on-policy
         self.actor = GRPOActor(self.model, rollout_is_threshold=correction, **{key: c[key] for key in ACTOR_KEYS})
         penalty = {key: c[key] for key in ("format_score", "overlong_buffer", "overlong_penalty")}
@@ -225,17 +236,43 @@ class GRPODemo:
         trainer = last_token_logits(self.model, prompt_ids)
         return max(float((logits - trainer).abs().max()) for logits in self.rollout.worker_logits(prompt_ids))
 
-    def rollouts(self, batch, step: int):
-        """Both rollouts of a step, same seed, alternating which goes first; (outputs by policy, times)."""
+    def sync_batch(self, step: int):
+        """The step's prompts_per_step prompts, samples_per_prompt rows each: what a synchronous run takes."""
+        from rollout_len.verl.gsm8k import records_batch, task_records
+
+        c, q = self.cfg, self.cfg["prompts_per_step"]
+        records = task_records(self.prompts[step * q : (step + 1) * q], f"rollout_len/{c['task']}")
+        return records_batch(records, c["samples_per_prompt"], uid_prefix=f"step{step}-")
+
+    def partial_batch(self, step: int):
+        """(the new groups the partial run's next step launches, their count); (None, 0) when the carried
+        groups fill it. The partial run takes prompts from its own place in the list, under its own ids."""
+        from rollout_len.verl import SEED_KEY
+        from rollout_len.verl.gsm8k import records_batch, task_records
+
+        c = self.cfg
+        launch = self.partial_run.groups_to_launch()
+        items = self.prompts[self.next_prompt : self.next_prompt + launch]
+        self.next_prompt += launch
+        if not launch:
+            return None, 0
+        records = task_records(items, f"rollout_len/{c['task']}")
+        batch = records_batch(records, c["samples_per_prompt"], uid_prefix=f"p{step}-")
+        batch.meta_info[SEED_KEY] = c["seed"] + step
+        return batch, launch
+
+    def rollout_as(self, which: str, batch, step: int):
+        """One timed rollout; `which`: "length_aware" or "fcfs" (a synchronous rollout of `batch` with the
+        step's seed) or "partial" (the partial run's next step, launching `batch`). (output, seconds)."""
         from rollout_len.verl import POLICY_KEY, SEED_KEY
 
-        outputs, times = {}, {}
-        for policy in ("length_aware", "fcfs") if step % 2 == 0 else ("fcfs", "length_aware"):
-            batch.meta_info.update({SEED_KEY: self.cfg["seed"] + step, POLICY_KEY: policy})
-            start = time.perf_counter()
-            outputs[policy] = self.rollout.generate_sequences(batch)
-            times["gen" if policy == "length_aware" else "gen_fcfs"] = time.perf_counter() - start
-        return outputs, times
+        start = time.perf_counter()
+        if which == "partial":
+            output, self.partial_run = self.rollout.generate_partial(batch, self.partial_run)
+        else:
+            batch.meta_info.update({SEED_KEY: self.cfg["seed"] + step, POLICY_KEY: which})
+            output = self.rollout.generate_sequences(batch)
+        return output, time.perf_counter() - start
 
     def rewards(self, data):
         """Token-level scores (the reward on each response's last token) and per-row details."""
@@ -244,40 +281,94 @@ class GRPODemo:
         return score_batch(self.reward_manager, data)
 
     def train_step(self, step: int) -> dict:
-        """One GRPO step; returns its metrics (verl's names plus rollout_len/*) and the two timelines."""
+        """One GRPO step of a synchronous run: length_aware and fcfs on the same batch and seed (alternating
+        which goes first), trained on the length_aware rollout. Returns `comparison`'s result."""
+        from rollout_len.verl.demo_report import response_records
+
+        batch = self.sync_batch(step)
+        order = ("length_aware", "fcfs") if step % 2 == 0 else ("fcfs", "length_aware")
+        outputs, times = {}, {}
+        for which in order:
+            outputs[which], times[which] = self.rollout_as(which, batch, step)
+        data = outputs["length_aware"]
+        data.non_tensor_batch.update(batch.non_tensor_batch)  # the dataset's fields next to the rollout's, row by row
+        timing = {"gen": times["length_aware"], "gen_fcfs": times["fcfs"]}
+        metrics, details = self.learn(data, timing)
+        result = self.comparison(step, data, outputs["fcfs"], metrics, timing, order[0])
+        result["responses"] = response_records(data, details)
+        return result
+
+    def both_step(self, step: int) -> dict:
+        """One GRPO step of the default run: three rollouts on the same weights, in one of the six orders
+        (`ROLLOUT_ORDERS`, so each pair's order is balanced over six steps): the partial run's step (trained
+        on), and length_aware and fcfs on the step's synchronous batch (measured only). Returns the
+        synchronous `comparison` (its "metrics" as if length_aware's rollout had been trained on, for the
+        summary row) with "partial": the partial step's summary row, "order": the rollouts' order, and
+        "logged": the metrics of the step as trained (verl's names) with the comparison's rollout_len/*."""
+        from rollout_len.verl.demo_report import response_records
+        from rollout_len.verl.partial_report import summary_row
+
+        batch, (launched, launch) = self.sync_batch(step), self.partial_batch(step)
+        order = ROLLOUT_ORDERS[step % len(ROLLOUT_ORDERS)]
+        outputs, times = {}, {}
+        for which in order:
+            outputs[which], times[which] = self.rollout_as(which, launched if which == "partial" else batch, step)
+        data, aware, blind = outputs["partial"], outputs["length_aware"], outputs["fcfs"]
+        aware.non_tensor_batch.update(batch.non_tensor_batch)  # uid: its groups for the replay
+        timing = {"gen": times["partial"], "gen_fcfs": times["fcfs"]}
+        metrics, details = self.learn(data, timing)
+        metrics.update({"timing_s/gen_fcfs": times["fcfs"], "demo/launched_groups": launch})
+        metrics["demo/first_rollout"] = "partial" if order.index("partial") < order.index("fcfs") else "fcfs"
+        partial = summary_row(step, metrics, data, blind)
+        # The synchronous comparison as if length_aware's rollout had been this step's.
+        sync_timing = {
+            **timing,
+            "gen": times["length_aware"],
+            "step": timing["step"] - timing["gen"] + times["length_aware"],
+        }
+        lengths = aware.batch["response_mask"].sum(dim=-1).float()
+        sync_metrics = {
+            **metrics,
+            **{f"timing_s/{key}": value for key, value in sync_timing.items()},
+            "response_length/mean": float(lengths.mean()),
+            "response_length/clip_ratio": float((lengths >= self.cfg["max_new_tokens"]).float().mean()),
+        }
+        first = "length_aware" if order.index("length_aware") < order.index("fcfs") else "fcfs"
+        result = self.comparison(step, aware, blind, sync_metrics, sync_timing, first)
+        result.update(partial=partial, order=list(order), responses=response_records(data, details))
+        result["logged"] = {  # what the wandb run logs: the trained step, the comparison's rollout_len/* beside it
+            **metrics,
+            **{k: v for k, v in result["metrics"].items() if k.startswith("rollout_len/")},
+            "timing_s/gen_length_aware": times["length_aware"],
+        }
+        return result
+
+    def comparison(self, step: int, aware, blind, metrics: dict, timing: dict[str, float], first: str) -> dict:
+        """A step's synchronous comparison: {"metrics": `metrics` with the comparison's rollout_len/*,
+        "timelines": both rollouts', "first": the policy that ran first, "step_fcfs_s": the GRPO step time
+        with the fcfs rollout, "lengths": length_aware's response lengths by group, "sim": the simulator's
+        replay of them}. `timing`: gen (length_aware), gen_fcfs and step (the GRPO step with the
+        length_aware rollout), seconds."""
         from rollout_len.verl.demo_report import (
             RESULT_KEY,
             comparison_metrics,
             group_lengths,
-            response_records,
             step_cost_model,
             timelines,
         )
-        from rollout_len.verl.gsm8k import records_batch, task_records
 
-        c = self.cfg
-        items = self.prompts[step * c["prompts_per_step"] : (step + 1) * c["prompts_per_step"]]
-        records = task_records(items, f"rollout_len/{c['task']}")
-        batch = records_batch(records, c["samples_per_prompt"], uid_prefix=f"step{step}-")
-        outputs, timing = self.rollouts(batch, step)
-        data, blind = outputs["length_aware"], outputs["fcfs"]
-        data.non_tensor_batch.update(batch.non_tensor_batch)  # the dataset's fields next to the rollout's, row by row
-        lengths = group_lengths(data)
-        prompt_width = data.batch["prompts"].shape[1]  # left-padded prompts: the mask counts real tokens
-        prompt_tokens = int(data.batch["attention_mask"][:, :prompt_width].sum(dim=1).float().mean())
-        cost = step_cost_model(data.meta_info[RESULT_KEY]["metrics"])
-        sim = self.replay.step(lengths, prompt_tokens, seed=c["seed"] + step, cost=cost)
-
-        metrics, details = self.learn(data, timing)
-        metrics.update(comparison_metrics(data, blind, timing))
+        lengths = group_lengths(aware)
+        prompt_width = aware.batch["prompts"].shape[1]  # left-padded prompts: the mask counts real tokens
+        prompt_tokens = int(aware.batch["attention_mask"][:, :prompt_width].sum(dim=1).float().mean())
+        cost = step_cost_model(aware.meta_info[RESULT_KEY]["metrics"])
+        sim = self.replay.step(lengths, prompt_tokens, seed=self.cfg["seed"] + step, cost=cost)
         return {
-            "metrics": metrics,
-            "timelines": timelines(data, blind),
-            "first": "length_aware" if step % 2 == 0 else "fcfs",
+            "metrics": {**metrics, **comparison_metrics(aware, blind, timing)},
+            "timelines": timelines(aware, blind),
+            "first": first,
             "step_fcfs_s": timing["step"] - timing["gen"] + timing["gen_fcfs"],
             "lengths": lengths,
             "sim": sim,
-            "responses": response_records(data, details),
         }
 
     def learn(self, data, timing: dict[str, float]) -> tuple[dict, list[dict]]:
@@ -322,41 +413,23 @@ class GRPODemo:
         return metrics, details
 
     def partial_step(self, step: int) -> dict:
-        """One GRPO step on a partial rollout, beside an fcfs synchronous rollout of the prompts a
-        synchronous run would take (measurement only; the two alternate which goes first)."""
-        from rollout_len.verl import POLICY_KEY, SEED_KEY
+        """One GRPO step on a partial rollout, beside an fcfs synchronous rollout of the step's synchronous
+        batch (measurement only; the two alternate which goes first)."""
         from rollout_len.verl.demo_report import response_records
-        from rollout_len.verl.gsm8k import records_batch, task_records
         from rollout_len.verl.partial_report import summary_row
 
-        c, q = self.cfg, self.cfg["prompts_per_step"]
-        launch = self.partial_run.groups_to_launch()
-        items = self.prompts[self.next_prompt : self.next_prompt + launch]
-        self.next_prompt += launch
-        source = f"rollout_len/{c['task']}"
-        batch = None  # the carried groups fill the step
-        if launch:
-            batch = records_batch(task_records(items, source), c["samples_per_prompt"], uid_prefix=f"step{step}-")
-            batch.meta_info[SEED_KEY] = c["seed"] + step
-        fcfs_items = self.prompts[step * q : (step + 1) * q]
-        fcfs_batch = records_batch(task_records(fcfs_items, source), c["samples_per_prompt"], uid_prefix=f"f{step}-")
-        fcfs_batch.meta_info.update({SEED_KEY: c["seed"] + step, POLICY_KEY: "fcfs"})
-        timing: dict[str, float] = {}
-        first = "partial" if step % 2 == 0 else "fcfs"
-        for which in (first, "fcfs" if first == "partial" else "partial"):
-            start = time.perf_counter()
-            if which == "partial":
-                data, self.partial_run = self.rollout.generate_partial(batch, self.partial_run)
-                timing["gen"] = time.perf_counter() - start
-            else:
-                blind = self.rollout.generate_sequences(fcfs_batch)
-                timing["gen_fcfs"] = time.perf_counter() - start
-        metrics, details = self.learn(data, timing)
-        metrics.update({"timing_s/gen_fcfs": timing["gen_fcfs"], "demo/launched_groups": launch})
-        metrics["demo/first_rollout"] = first
+        (launched, launch), batch = self.partial_batch(step), self.sync_batch(step)
+        order = ("partial", "fcfs") if step % 2 == 0 else ("fcfs", "partial")
+        outputs, times = {}, {}
+        for which in order:
+            outputs[which], times[which] = self.rollout_as(which, launched if which == "partial" else batch, step)
+        data = outputs["partial"]
+        metrics, details = self.learn(data, {"gen": times["partial"], "gen_fcfs": times["fcfs"]})
+        metrics.update({"timing_s/gen_fcfs": times["fcfs"], "demo/launched_groups": launch})
+        metrics["demo/first_rollout"] = order[0]
         return {
             "metrics": metrics,
-            "row": summary_row(step, metrics, data, blind),
+            "row": summary_row(step, metrics, data, outputs["fcfs"]),
             "responses": response_records(data, details),
         }
 
@@ -433,6 +506,25 @@ def measure_partial(rows: list[dict], max_new_tokens: int) -> dict:
     }
 
 
+PARTIAL_FIGURES = (
+    "partial_tokens_per_s",
+    "fcfs_tokens_per_s",
+    "partial_throughput_ratio",
+    "partial_throughput_ratio_ci95",
+    "fresh_token_share",
+    "staleness_tokens",
+)
+
+
+def measure_both(rows: list[dict], max_new_tokens: int) -> dict:
+    """A default (--mode both) run's figures: `measure`'s of the synchronous comparison (the reward is the
+    trained partial run's) with `measure_partial`'s throughput and staleness figures of the partial rows."""
+    measured = measure(rows, max_new_tokens)
+    partial = measure_partial([r["partial"] for r in rows], max_new_tokens)
+    del measured["partial_throughput_note"]
+    return measured | {key: partial[key] for key in PARTIAL_FIGURES}
+
+
 def main(argv: list[str] | None = None) -> dict:
     from rollout_len.verl import demo_report as report
 
@@ -448,18 +540,28 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     if cfg["mode"] == "partial":
         return _main_partial(cfg, demo, run, out, wall)
+    from rollout_len.verl import partial_report
+
+    both = cfg["mode"] == "both"
     try:
         for step in range(cfg["steps"]):
-            result = demo.train_step(step)
+            result = demo.both_step(step) if both else demo.train_step(step)
             rows.append(r := report.summary_row(step, result))
-            measured = measure(rows, cfg["max_new_tokens"])
+            if both:
+                r.update(partial=result["partial"], rollout_order=result["order"])
+            measured = (measure_both if both else measure)(rows, cfg["max_new_tokens"])
             print(report.step_line(r, result["metrics"], measured), flush=True)
             png = report.write_step(out, step, result, max_workers=cfg["num_workers"]) if out is not None else None
-            report.log_step(run, step, result["metrics"], r, measured, png)
+            report.log_step(run, step, result.get("logged", result["metrics"]), r, measured, png)
+            if both:
+                print(partial_report.step_line(r["partial"], measured), flush=True)
+                partial_report.log_step(run, step, {}, r["partial"], measured)
     finally:
         demo.cleanup()
     wall = time.perf_counter() - wall
     print(report.format_table(rows, measured))
+    if both:
+        print(partial_report.format_table([r["partial"] for r in rows], measured))
     summary = report.write_summary(cfg, rows, measured, out, run, setup_s=demo.setup_s, wall_time_s=wall)
     print(f"total wall time {wall:.0f} s")
     return summary

@@ -387,8 +387,9 @@ TABLE_COLUMNS = (
 
 def log_panels(run, summary: dict, report: Path | None) -> None:
     """The dashboard's panels in a wandb run: the steps as a table, saving per step (live, simulator
-    replay, oracle) and reward per step as line plots, the response lengths as a histogram, the run's
-    figures in the run summary, and the HTML report itself."""
+    replay, oracle) and reward per step as line plots, the response lengths as a histogram, the partial
+    run's panels (`partial_report.wandb_panels`) when the rows have them, the run's figures in the run
+    summary, and the HTML report itself."""
     import wandb
 
     rows = summary["steps"]
@@ -416,13 +417,21 @@ def log_panels(run, summary: dict, report: Path | None) -> None:
             title="predictor MAE in flight (tokens)",
             xname="step",
         )
+    partial = [r["partial"] for r in rows if "partial" in r]  # the default run's partial steps
+    if partial:
+        from rollout_len.verl.partial_report import wandb_panels
+
+        panels |= wandb_panels(partial, summary)
     if report is not None:
         panels["demo/report"] = wandb.Html(report.read_text(encoding="utf-8"), inject=False)
     run.log(panels, step=steps[-1])  # beside the last step's metrics, in the same history row
-    for key in ("median_saving", "oracle_saving", "oracle_gain_share", "capped_fraction", "reward_slope"):
+    keys = ["median_saving", "oracle_saving", "oracle_gain_share", "capped_fraction", "reward_slope"]
+    for key in keys + (["partial_throughput_ratio", "fresh_token_share"] if partial else []):
         run.summary[f"demo/{key}"] = summary[key]
     run.summary["demo/saving_ci95"] = summary["saving_ci95"]
     run.summary["demo/reward_slope_ci95"] = summary["reward_slope_ci95"]
+    if partial:
+        run.summary["demo/partial_throughput_ratio_ci95"] = summary["partial_throughput_ratio_ci95"]
 
 
 def write_summary(cfg: dict, rows: list[dict], measured: dict, out: Path | None, run, **extra: float) -> dict:

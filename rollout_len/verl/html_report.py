@@ -2,11 +2,14 @@
 
     write_report(summary, Path("runs/grpo_demo/report.html"))   # summary: the demo's summary.json
 
-Panels: the run's figures (median saving with its 95% interval, the simulator's oracle, capped
-share, reward slope), saving per step (live, simulator replay, oracle; the median and its interval as
-a band), reward per step with its least-squares line, the in-flight predictor's error per step, the
-response-length distribution, and each step's rollout timelines (length_aware and fcfs, a row per
-worker, chunks shaded by decode batch). Every chart is a `<figure class="chart" id=...>` holding one
+Panels: the run's figures (median saving with its 95% interval, the simulator's oracle, the stall-free
+throughput ratio with its interval, capped share, reward slope), saving per step (live, simulator
+replay, oracle; the median and its interval as a band), the in-flight predictor's error per step,
+trained tokens per second per step (partial vs fcfs sync) and the staleness histogram, reward per step
+with its least-squares line, the response-length distribution, and each step's rollout timelines
+(length_aware and fcfs, a row per worker, chunks shaded by decode batch). A run without partial steps
+(--mode sync) has no throughput or staleness panel; one with only partial steps (--mode partial) has no
+synchronous comparison. Every chart is a `<figure class="chart" id=...>` holding one
 `<svg>`; data marks carry classes (`point live`, `bar`, `chunk`, ...) so a browser test can count them.
 """
 
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["render", "write_report"]
+__all__ = ["partial_rows", "render", "write_report"]
 
 WIDTH = 760
 MARGIN = {"left": 100, "right": 150, "top": 30, "bottom": 40}  # the right margin holds the legend
@@ -278,29 +281,115 @@ def timeline_chart(row: dict) -> str:
     return _figure(f"timeline-step{row['step']}", plot, caption)
 
 
+def partial_rows(summary: dict) -> list[dict]:
+    """The partial steps' rows (`partial_report.summary_row`): a partial-mode run's steps, the default
+    run's rows' "partial", or none (a synchronous run)."""
+    if summary["config"].get("mode") == "partial":
+        return summary["steps"]
+    return [r["partial"] for r in summary["steps"] if "partial" in r]
+
+
+def _interval(values: list[float] | None, fmt) -> str:
+    return "" if values is None else f" [{fmt(values[0])}, {fmt(values[1])}]"
+
+
 def _headline(summary: dict) -> str:
     """The run's figures as a definition list."""
-
-    def interval(values: list[float] | None, fmt) -> str:
-        return "" if values is None else f" [{fmt(values[0])}, {fmt(values[1])}]"
-
-    share = summary["oracle_gain_share"]
     slope = summary["reward_slope"]
+    items = []
+    if summary["config"].get("mode") != "partial":
+        share = summary["oracle_gain_share"]
+        items += [
+            ("median saving vs fcfs", f"{_pct(summary['median_saving'])}{_interval(summary['saving_ci95'], _pct)}"),
+            ("oracle saving (simulator)", _pct(summary["oracle_saving"])),
+            ("length_aware saving (simulator)", _pct(summary["sim_saving"])),
+            ("share of the oracle's saving", "-" if share is None else f"{share:.2f}"),
+        ]
     ratio = summary["partial_throughput_ratio"]
-    items = [
-        ("median saving vs fcfs", f"{_pct(summary['median_saving'])}{interval(summary['saving_ci95'], _pct)}"),
-        ("oracle saving (simulator)", _pct(summary["oracle_saving"])),
-        ("length_aware saving (simulator)", _pct(summary["sim_saving"])),
-        ("share of the oracle's saving", "-" if share is None else f"{share:.2f}"),
+    if ratio is None:
+        items.append(("stall-free throughput / fcfs", summary["partial_throughput_note"]))
+    else:
+        interval = _interval(summary["partial_throughput_ratio_ci95"], lambda v: f"{v:.2f}")
+        fresh = summary["fresh_token_share"]
+        items += [
+            ("stall-free trained tokens/s / fcfs sync", f"{ratio:.2f}{interval}"),
+            ("trained tokens at staleness <= 1", "-" if fresh is None else f"{fresh:.1%}"),
+        ]
+    items += [
         ("capped responses", f"{summary['capped_fraction']:.1%}"),
         (
             "reward slope per step",
-            "-" if slope is None else f"{slope:+.4f}{interval(summary['reward_slope_ci95'], lambda v: f'{v:+.4f}')}",
+            "-" if slope is None else f"{slope:+.4f}{_interval(summary['reward_slope_ci95'], lambda v: f'{v:+.4f}')}",
         ),
-        ("stall-free throughput / fcfs", f"{ratio:.2f}" if ratio is not None else summary["partial_throughput_note"]),
     ]
     body = "\n".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
     return f'<dl class="headline">\n{body}\n</dl>'
+
+
+def throughput_chart(summary: dict) -> str:
+    """Trained tokens per second per step: the partial (stall-free) rollout and the fcfs synchronous one."""
+    rows = partial_rows(summary)
+    xlim, xticks = _step_axis(rows)
+    partial, fcfs = [r["tokens_per_s"] for r in rows], [r["fcfs_tokens_per_s"] for r in rows]
+    plot = _Plot(xlim, _limits(partial + fcfs + [0.0]))
+    plot.axes("trained tokens per second", "GRPO step", "tokens / s", xticks, _ticks(*plot.ylim), lambda v: f"{v:g}")
+    plot.series(xticks, fcfs, "fcfs-throughput", COLORS["fcfs"])
+    plot.series(xticks, partial, "partial-throughput", COLORS["live"])
+    plot.legend([("stall-free (partial)", COLORS["live"]), ("fcfs synchronous", COLORS["fcfs"])])
+    lo, hi = summary["partial_throughput_ratio_ci95"]
+    caption = (
+        f"Trained tokens over rollout seconds, each step on the same weights. Over the run: "
+        f"{summary['partial_tokens_per_s']:.1f} against {summary['fcfs_tokens_per_s']:.1f} tokens/s, "
+        f"{summary['partial_throughput_ratio']:.2f} x fcfs, 95% bootstrap interval over steps [{lo:.2f}, {hi:.2f}]."
+    )
+    return _figure("throughput-chart", plot, caption)
+
+
+def staleness_chart(summary: dict) -> str:
+    """Histogram of the trained tokens by staleness (steps between the weights that made a token and the
+    weights it trains)."""
+    counts = {int(k): v for k, v in summary["staleness_tokens"].items()}
+    top = max(counts) if counts else 0
+    plot = _Plot((-0.5, top + 0.5), (0.0, max(counts.values(), default=1) * 1.1))
+    plot.axes(
+        "trained tokens by staleness",
+        "staleness (steps)",
+        "tokens",
+        [float(k) for k in range(top + 1)],
+        _ticks(*plot.ylim),
+        lambda v: f"{v:g}",
+    )
+    for k, v in sorted(counts.items()):
+        y = plot.y(v)
+        plot.add(
+            f'<rect class="bar staleness" x="{plot.x(k - 0.35):.1f}" y="{y:.1f}" '
+            f'width="{plot.x(k + 0.35) - plot.x(k - 0.35):.1f}" height="{plot.y(0) - y:.1f}" fill="{COLORS["live"]}"/>'
+        )
+    fresh = summary["fresh_token_share"]
+    caption = (
+        f"{sum(counts.values())} trained tokens; {'-' if fresh is None else f'{fresh:.1%}'} at staleness <= 1 "
+        f"(max_staleness {summary['config'].get('max_staleness')}, on_stale {summary['config'].get('on_stale')})."
+    )
+    return _figure("staleness-chart", plot, caption)
+
+
+def _partial_table(rows: list[dict]) -> str:
+    header = ["step", "partial s", "fcfs s", "tok/s", "fcfs tok/s", "fresh", "carried", "restarted", "reward"]
+    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    for r in rows:
+        cells = [
+            str(r["step"]),
+            f"{r['rollout_time_s']:.1f}",
+            f"{r['fcfs_rollout_time_s']:.1f}",
+            f"{r['tokens_per_s']:.1f}",
+            f"{r['fcfs_tokens_per_s']:.1f}",
+            f"{r['fresh_token_share']:.2f}",
+            str(r["carried_samples"]),
+            str(r["restarted"]),
+            f"{r['reward_mean']:.3f}",
+        ]
+        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join(lines + ["</table>"])
 
 
 def _step_table(rows: list[dict]) -> str:
@@ -327,7 +416,7 @@ STYLE = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 920px; }
 .grid { stroke: #e5e5e5; } .frame { fill: none; stroke: #999; }
 .tick { font-size: 11px; fill: #444; } .label { font-size: 12px; fill: #222; }
-.title { font-size: 13px; font-weight: bold; fill: #222; }
+.title { font-size: 13px; font-weight: bold; fill: #222; } h2 { font-size: 16px; margin-top: 20px; }
 .zero { stroke: #999; stroke-dasharray: 3 3; } .median { stroke: #1f77b4; stroke-width: 1.5; }
 .fit { stroke: #d62728; stroke-dasharray: 5 3; } .series { fill: none; stroke-width: 1.5; }
 .mark { stroke-width: 1.5; stroke-dasharray: 4 2; } .end { stroke: #d62728; }
@@ -339,11 +428,20 @@ figure { margin: 24px 0; } figcaption { font-size: 12px; color: #555; max-width:
 
 
 def render(summary: dict) -> str:
-    """The report's HTML from a demo summary (summary.json's layout)."""
+    """The report's HTML from a demo summary (summary.json's layout, of any --mode)."""
     c = summary["config"]
     title = f"GRPO demo: {c['model']}, {c['task']}, {c['num_workers']} workers x {c['slots_per_worker']} slots"
-    charts = [saving_chart(summary), reward_chart(summary), predictor_chart(summary), length_chart(summary)]
-    charts += [timeline_chart(r) for r in summary["steps"]]
+    partial = partial_rows(summary)
+    tables, charts = [], []
+    if c.get("mode") != "partial":
+        tables += ["<h2>Synchronous rollouts: length_aware vs fcfs</h2>", _step_table(summary["steps"])]
+        charts += [saving_chart(summary), predictor_chart(summary)]
+    if partial:
+        tables += ["<h2>Stall-free (partial) steps vs fcfs synchronous</h2>", _partial_table(partial)]
+        charts += [throughput_chart(summary), staleness_chart(summary)]
+    charts += [reward_chart(summary), length_chart(summary)]
+    if c.get("mode") != "partial":
+        charts += [timeline_chart(r) for r in summary["steps"]]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -353,7 +451,7 @@ def render(summary: dict) -> str:
         f"<p>{c['steps']} steps of {c['prompts_per_step']} prompts x {c['samples_per_prompt']} samples, at most "
         f"{c['max_new_tokens']} new tokens, temperature {c['temperature']}.</p>",
         _headline(summary),
-        _step_table(summary["steps"]),
+        *tables,
         *charts,
         "</body></html>",
     ]

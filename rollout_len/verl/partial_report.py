@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["format_table", "log_step", "step_line", "summary_row", "write_summary"]
+__all__ = ["format_table", "log_step", "step_line", "summary_row", "wandb_panels", "write_summary"]
 
 
 def summary_row(step: int, metrics: dict, data, blind) -> dict:
@@ -96,47 +96,58 @@ def log_step(run, step: int, metrics: dict, row: dict, measured: dict) -> None:
     run.log(logged, step=step)
 
 
+def wandb_panels(rows: list[dict], measured: dict) -> dict:
+    """The partial run's wandb panels: the steps as a table, trained tokens per second per step (partial
+    and fcfs sync) and the staleness histogram of the trained tokens."""
+    import wandb
+
+    columns = ["step", "rollout_time_s", "fcfs_rollout_time_s", "tokens_per_s", "fcfs_tokens_per_s", "reward_mean"]
+    return {
+        "demo/partial_steps": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows]),
+        "demo/throughput_per_step": wandb.plot.line_series(
+            xs=[r["step"] for r in rows],
+            ys=[[r["tokens_per_s"] for r in rows], [r["fcfs_tokens_per_s"] for r in rows]],
+            keys=["partial", "fcfs sync"],
+            title="trained tokens per second",
+            xname="step",
+        ),
+        "demo/staleness": wandb.plot.bar(
+            wandb.Table(
+                columns=["staleness", "tokens"], data=[[int(k), v] for k, v in measured["staleness_tokens"].items()]
+            ),
+            "staleness",
+            "tokens",
+            title="trained tokens by staleness (steps)",
+        ),
+    }
+
+
 def write_summary(cfg: dict, rows: list[dict], measured: dict, out: Path | None, run, **extra: float) -> dict:
-    """End of a partial-mode demo: {"config", **measured, **extra, "steps": rows} to `out`/summary.json;
-    the wandb run gets the steps as a table, throughput per step and the staleness histogram, and
-    is finished. Returns the summary."""
+    """End of a partial-mode demo: {"config", **measured, **extra, "steps": rows} to `out`/summary.json
+    with the dashboard `out`/report.html; the wandb run gets `wandb_panels` and the report, and is
+    finished. Returns the summary."""
     summary = {"config": cfg, **measured, **extra, "steps": rows}
+    report = None
+    if out is not None:
+        from rollout_len.verl.html_report import write_report
+
+        out.mkdir(parents=True, exist_ok=True)
+        report = write_report(summary, out / "report.html")
     if run is not None:
         import wandb
 
-        columns = ["step", "rollout_time_s", "fcfs_rollout_time_s", "tokens_per_s", "fcfs_tokens_per_s", "reward_mean"]
-        table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
-        run.log(
-            {
-                "demo/steps": table,
-                "demo/throughput_per_step": wandb.plot.line_series(
-                    xs=[r["step"] for r in rows],
-                    ys=[[r["tokens_per_s"] for r in rows], [r["fcfs_tokens_per_s"] for r in rows]],
-                    keys=["partial", "fcfs sync"],
-                    title="trained tokens per second",
-                    xname="step",
-                ),
-                "demo/staleness": wandb.plot.bar(
-                    wandb.Table(
-                        columns=["staleness", "tokens"],
-                        data=[[int(k), v] for k, v in measured["staleness_tokens"].items()],
-                    ),
-                    "staleness",
-                    "tokens",
-                    title="trained tokens by staleness (steps)",
-                ),
-            },
-            step=rows[-1]["step"],
-        )
+        panels = wandb_panels(rows, measured)
+        if report is not None:
+            panels["demo/report"] = wandb.Html(report.read_text(encoding="utf-8"), inject=False)
+        run.log(panels, step=rows[-1]["step"])
         for key in ("partial_throughput_ratio", "fresh_token_share", "capped_fraction", "reward_slope"):
             run.summary[f"demo/{key}"] = summary[key]
         run.summary["demo/partial_throughput_ratio_ci95"] = summary["partial_throughput_ratio_ci95"]
         summary["wandb_run_dir"], summary["wandb_mode"] = str(Path(run.dir).parent), run.settings.mode
         run.finish()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {out / 'summary.json'}")
+        print(f"wrote {out / 'summary.json'}, {report}")
     if run is not None:
         print(f"wandb run ({summary['wandb_mode']}): {summary['wandb_run_dir']}")
     return summary

@@ -104,7 +104,8 @@ def test_flags_override_the_yaml_and_bad_values_name_the_key():
 
 
 def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
-    cfg = grpo_demo.load_config(TINY + ["--lr", "1e-3", "--no-use-ray", "--out", "none", "--wandb-mode", "disabled"])
+    flags = ["--mode", "sync", "--lr", "1e-3", "--no-use-ray", "--out", "none", "--wandb-mode", "disabled"]
+    cfg = grpo_demo.load_config(TINY + flags)
     demo = TokenSumRewardDemo(cfg)
     demo.setup()
     try:
@@ -170,11 +171,11 @@ WANDB_KEYS = {
 }
 
 
-def test_demo_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_path, monkeypatch, capsys):
+def test_sync_mode_writes_summary_charts_and_an_offline_wandb_run(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    summary = grpo_demo.main(TINY + ["--out", str(out)])  # Ray rollout workers, wandb offline: the defaults
+    summary = grpo_demo.main(TINY + ["--mode", "sync", "--out", str(out)])  # Ray workers, wandb offline: the defaults
 
     printed = capsys.readouterr().out
     assert "median rollout saving vs fcfs" in printed and "(95% bootstrap, 1 steps)" in printed
@@ -247,8 +248,55 @@ def test_partial_mode_trains_on_whole_carried_groups_beside_fcfs(ray_session, tm
     assert written["partial_throughput_ratio"] == pytest.approx(expected)
     assert all(r["rollout_is_mean"] is not None for r in rows)  # verl's rollout correction ran
     assert len((out / "responses.jsonl").read_text().splitlines()) == 3 * 8
+    page = (out / "report.html").read_text()
+    assert 'id="throughput-chart"' in page and 'id="saving-chart"' not in page  # no synchronous comparison ran
     rows_logged = history(Path(summary["wandb_run_dir"]))
     assert [r["demo/partial_throughput_ratio"] for r in rows_logged][-1] == pytest.approx(
         written["partial_throughput_ratio"]
     )
     assert rows_logged[-1]["demo/staleness_table/_type"] == "table-file"
+
+
+def test_default_mode_trains_on_partial_steps_beside_both_synchronous_rollouts(
+    ray_session, tmp_path, monkeypatch, capsys
+):
+    """The default --mode both: each step trains on a partial step and measures length_aware and fcfs
+    synchronous rollouts of the step's batch beside it, in a rotating order; summary.json, the HTML
+    report and the wandb run hold both comparisons."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert grpo_demo.load_config(["--out", "none"])["mode"] == "both"
+    summary = grpo_demo.main(TINY + ["--steps", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "median rollout saving vs fcfs" in printed and "throughput x fcfs so far" in printed
+    written = json.loads((out / "summary.json").read_text())
+    rows = written["steps"]
+    assert [r["rollout_order"] for r in rows] == [list(order) for order in grpo_demo.ROLLOUT_ORDERS[:2]]
+    for r in rows:
+        p = r["partial"]
+        assert sorted(len(g) for g in p["lengths"]) == [4, 4], "two whole groups of 4 trained per step"
+        assert sorted(len(g) for g in r["lengths"]) == [4, 4], "the synchronous batch: 2 groups of 4"
+        assert p["trained_tokens"] == sum(p["staleness_tokens"].values()) == sum(map(sum, p["lengths"]))
+        # one fcfs rollout serves both comparisons
+        assert p["fcfs_rollout_time_s"] == r["fcfs_rollout_time_s"] and p["fcfs_tokens"] == 8 * 6
+        assert r["saving"] == pytest.approx(1 - r["rollout_time_s"] / r["fcfs_rollout_time_s"])
+        assert r["reward_mean"] == p["reward_mean"]  # the trained run's reward
+    assert rows[0]["partial"]["launched_groups"] == 4 and rows[1]["partial"]["carried_samples"] > 0
+    expected = (
+        sum(r["partial"]["trained_tokens"] for r in rows) / sum(r["partial"]["rollout_time_s"] for r in rows)
+    ) / (sum(r["partial"]["fcfs_tokens"] for r in rows) / sum(r["fcfs_rollout_time_s"] for r in rows))
+    assert written["partial_throughput_ratio"] == pytest.approx(expected)
+    lo, hi = written["partial_throughput_ratio_ci95"]
+    assert lo <= written["partial_throughput_ratio"] <= hi
+    assert written["saving_ci95"][0] <= written["median_saving"] <= written["saving_ci95"][1]
+    assert "partial_throughput_note" not in written
+    page = (out / "report.html").read_text()
+    assert all(f'id="{chart}"' in page for chart in ("saving-chart", "throughput-chart", "staleness-chart"))
+
+    logged = history(Path(summary["wandb_run_dir"]))
+    assert [r["timing_s/gen"] for r in logged] == pytest.approx([r["partial"]["rollout_time_s"] for r in rows])
+    assert [r["timing_s/gen_length_aware"] for r in logged] == pytest.approx([r["rollout_time_s"] for r in rows])
+    assert [r["rollout_len/saving_vs_fcfs"] for r in logged] == pytest.approx([r["saving"] for r in rows])
+    assert logged[-1]["demo/partial_throughput_ratio"] == pytest.approx(written["partial_throughput_ratio"])
+    assert logged[-1]["demo/staleness_table/_type"] == "table-file" and logged[-1]["demo/report/_type"] == "html-file"

@@ -18,9 +18,8 @@ from rollout_len.verl.demo_report import slope_ci
 from rollout_len.verl.html_report import COLORS, write_report
 
 STEPS, WORKERS, CAP = 4, 2, 256
-CHARTS = {"saving-chart", "reward-chart", "predictor-chart", "length-chart"} | {
-    f"timeline-step{s}" for s in range(STEPS)
-}
+CHARTS = {"saving-chart", "reward-chart", "predictor-chart", "length-chart", "throughput-chart", "staleness-chart"}
+CHARTS |= {f"timeline-step{s}" for s in range(STEPS)}
 
 
 def synthetic_summary() -> dict:
@@ -36,6 +35,22 @@ def synthetic_summary() -> dict:
             ]
             timelines[name] = Timeline(WORKERS, chunks, end_s=12.0).to_dict()
         saving, oracle = rng.uniform(-0.1, 0.2), rng.uniform(0.1, 0.25)
+        tokens, fcfs_tokens = 6000 + 100 * step, 5000
+        partial = {  # the default run's partial step, as partial_report.summary_row writes it
+            "step": step,
+            "rollout_time_s": 60.0,
+            "fcfs_rollout_time_s": 80.0,
+            "trained_tokens": tokens,
+            "fcfs_tokens": fcfs_tokens,
+            "tokens_per_s": tokens / 60.0,
+            "fcfs_tokens_per_s": fcfs_tokens / 80.0,
+            "staleness_tokens": {"0": tokens - 1000, "1": 1000} if step else {"0": tokens},
+            "fresh_token_share": 1.0,
+            "carried_samples": 0 if step == 0 else 12,
+            "restarted": 0,
+            "reward_mean": 0.1 + 0.03 * step,
+            "lengths": lengths,
+        }
         rows.append(
             {
                 "step": step,
@@ -51,12 +66,15 @@ def synthetic_summary() -> dict:
                 "survival_mae": None if step == 0 else 45.0 - 2 * step,
                 "lengths": lengths,
                 "timelines": timelines,
+                "partial": partial,
             }
         )
     savings = [r["saving"] for r in rows]
+    partials = [r["partial"] for r in rows]
     slope, interval = slope_ci([r["step"] for r in rows], [r["reward_mean"] for r in rows])
     flat = np.array([x for r in rows for g in r["lengths"] for x in g])
     config = {"model": "smollm2-135m", "task": "arith", "num_workers": WORKERS, "slots_per_worker": 8, "steps": STEPS}
+    config |= {"mode": "both", "max_staleness": 1, "on_stale": "restart"}
     config |= {"prompts_per_step": 8, "samples_per_prompt": 8, "max_new_tokens": CAP, "temperature": 0.7}
     return {
         "config": config,
@@ -66,8 +84,12 @@ def synthetic_summary() -> dict:
         "oracle_saving": float(np.median([r["oracle_saving"] for r in rows])),
         "oracle_gain_share": float(np.median([r["oracle_gain_share"] for r in rows])),
         "capped_fraction": float((flat >= CAP).mean()),
-        "partial_throughput_ratio": None,
-        "partial_throughput_note": "not measured here",
+        "partial_tokens_per_s": sum(p["trained_tokens"] for p in partials) / sum(p["rollout_time_s"] for p in partials),
+        "fcfs_tokens_per_s": sum(p["fcfs_tokens"] for p in partials) / sum(p["fcfs_rollout_time_s"] for p in partials),
+        "partial_throughput_ratio": 1.5,
+        "partial_throughput_ratio_ci95": [1.4, 1.6],
+        "fresh_token_share": 1.0,
+        "staleness_tokens": {"0": 23600, "1": 3000},
         "reward_slope": slope,
         "reward_slope_ci95": interval,
         "steps": rows,
@@ -139,6 +161,22 @@ def test_the_browser_builds_every_chart(report):
     assert dom.count("rect", "bar") >= 5
     assert dom.count("dl", "headline") == 1
     assert {dom.count("line", "mark", f"length-{m}") for m in ("median", "p90", "cap")} == {1}
+    assert (
+        dom.count("circle", "point", "partial-throughput") == dom.count("circle", "point", "fcfs-throughput") == STEPS
+    )
+    assert dom.count("rect", "bar", "staleness") == len(summary["staleness_tokens"])
+
+
+def test_a_partial_mode_report_has_its_panels_and_no_synchronous_comparison(tmp_path):
+    both = synthetic_summary()
+    rows = [r["partial"] for r in both["steps"]]
+    keep = ("reward_slope", "reward_slope_ci95", "capped_fraction", "partial_throughput_ratio_ci95")
+    summary = {"config": both["config"] | {"mode": "partial"}, "steps": rows}
+    summary |= {k: v for k, v in both.items() if k.startswith(("partial_", "fcfs_", "fresh", "staleness")) or k in keep}
+    dom = Elements()
+    dom.feed(write_report(summary, tmp_path / "report.html").read_text())
+    assert set(dom.figures) == {"throughput-chart", "staleness-chart", "reward-chart", "length-chart"}
+    assert dom.count("circle", "point", "partial-throughput") == STEPS
 
 
 def test_the_charts_are_drawn_on_the_screenshot(report, tmp_path):
