@@ -30,7 +30,7 @@ from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
 from rollout_len.rollout.coordinator import Coordinator, RolloutConfig
-from rollout_len.sched.partial import PARTIAL_ROWS, PartialRun
+from rollout_len.sched.partial import PARTIAL_ROWS, PartialConfig, PartialRun
 from rollout_len.verl.backend import COORDINATOR_ACTOR_NAME, ROLLOUT_NAME, is_registered, take_pending_weights
 from rollout_len.verl.convert import attach_rewards, to_data_proto, to_samples
 from rollout_len.verl.settings import (
@@ -39,6 +39,7 @@ from rollout_len.verl.settings import (
     LengthAwareSettings,
     check_policy,
     coordinator_config,
+    partial_settings,
     resolve_settings,
 )
 
@@ -68,10 +69,17 @@ def check_config(config, teacher_client=None, reward_loop_worker_handles=None) -
     Returns the resolved settings; starts nothing (no Ray).
     """
     rollout = config.actor_rollout_ref.rollout
+    partial = partial_settings(rollout) is not None
     if config.trainer.get("use_v1", False):  # verl's v1 trainer: trajectories go to TransferQueue (verl/v1.py)
         from rollout_len.verl.v1 import check_v1_config
 
-        check_v1_config(config)
+        check_v1_config(config, partial=partial)
+    elif partial:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.over_sample_rate={rollout.over_sample_rate}: partial steps carry unfinished "
+            "groups into later steps, and verl's DataProto trainer (trainer.use_v1=false) takes back exactly the "
+            "rows it sent; use verl's v1 trainer (trainer.use_v1=true, the default) or over_sample_rate=0"
+        )
     if rollout.name != ROLLOUT_NAME:
         raise ValueError(
             f"actor_rollout_ref.rollout.name={rollout.name}: set it to {ROLLOUT_NAME}, so verl sends the trainer's "
@@ -159,11 +167,13 @@ class LengthAwareRollout:
         hf_model_type: str | None = None,
         chat_template_kwargs: dict | None = None,
         reward_loop_worker_handles: list | None = None,
+        partial: PartialConfig | None = None,
     ):
         """Use `create` or `start`. `rollout`: verl's `actor_rollout_ref.rollout` section (prompt_length,
         response_length, temperature, top_p, top_k, do_sample, ignore_eos, val_kwargs, calculate_log_probs;
         rollout_len.verl.settings says what happens to every other key); `coordinator`: the Ray
-        handle of a Coordinator; `seed`: the Coordinator config's seed (default seeds derive from it)."""
+        handle of a Coordinator; `seed`: the Coordinator config's seed (default seeds derive from it);
+        `partial`: v1 training batches run as partial steps of this config (rollout_len.verl.v1.PartialSteps)."""
         self._rollout = rollout
         self._coordinator = coordinator  # Ray actor handle of rollout_len.rollout.coordinator.Coordinator
         self._policy = check_policy(policy, "policy")
@@ -172,6 +182,11 @@ class LengthAwareRollout:
         self.last_v1_step: dict | None = None  # meta_info of the last v1 call (v1's trainer takes no return value)
         self._reward_workers = reward_loop_worker_handles
         self._partial_rows: dict[str, dict] = {}  # sample id -> its row's input fields, while carried
+        self.partial_steps = None  # v1 partial steps (over_sample_rate > 0)
+        if partial is not None:
+            from rollout_len.verl.v1 import PartialSteps
+
+            self.partial_steps = PartialSteps(partial)
         self._pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._token_builder = create_continuous_token_builder(
             tokenizer, hf_model_type=hf_model_type, chat_template_kwargs=dict(chat_template_kwargs or {})
@@ -213,6 +228,9 @@ class LengthAwareRollout:
             hf_model_type=hf_model_type if isinstance(hf_model_type, str) else None,
             chat_template_kwargs=config.data.get("apply_chat_template_kwargs"),
             reward_loop_worker_handles=reward_loop_worker_handles,
+            partial=None
+            if settings.partial is None
+            else PartialConfig(config.data.train_batch_size, **settings.partial),
         )
 
     @classmethod
@@ -278,6 +296,8 @@ class LengthAwareRollout:
         A TensorDict is verl's v1 trainer (`trainer.use_v1=true`): its rows are prompts, each gets
         `rollout.n` responses, and they are written to TransferQueue instead of returned
         (rollout_len.verl.v1.generate_to_transfer_queue; the step's meta_info is kept in `last_v1_step`).
+        With over_sample_rate > 0 its training batches go to partial steps instead
+        (rollout_len.verl.v1.PartialSteps.submit; `last_v1_step` is None until a step runs).
 
         Each row is generated from its own `raw_prompt`, in the GRPO group of its `uid`. Optional input
         meta_info: `rollout_len_seed` (int; default: the Coordinator config's seed + the number of
@@ -295,9 +315,12 @@ class LengthAwareRollout:
             reward_extra_keys: with reward workers, the extra reward fields (see convert.attach_rewards).
         """
         if isinstance(prompts, TensorDict):
-            from rollout_len.verl.v1 import generate_to_transfer_queue
+            from rollout_len.verl.v1 import generate_to_transfer_queue, is_validation
 
-            self.last_v1_step = generate_to_transfer_queue(prompts, self.generate_sequences, self._rollout)
+            if self.partial_steps is not None and not is_validation(prompts):
+                self.last_v1_step = self.partial_steps.submit(prompts, self.generate_partial, self._rollout)
+            else:
+                self.last_v1_step = generate_to_transfer_queue(prompts, self.generate_sequences, self._rollout)
             return None
         start = time.perf_counter()
         policy, seed = self._call_settings(prompts.meta_info)

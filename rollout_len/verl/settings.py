@@ -190,12 +190,13 @@ _TABLE = [
     ),
     Setting(
         "over_sample_rate",
-        REFUSED,
-        "early termination of the slowest requests is not implemented: every sample finishes (verl 0.9.1's agent "
-        "loop does not read it either; rollout_len's partial steps, which do stop early and carry the rest, "
-        "run outside verl's trainers: docs/verl.md, Trainer paths)",
-        accepted=(0, 0.0),
-        shown="0",
+        HONOURED,
+        "0: every sample of a step finishes. In [0, 1) on verl's v1 sync trainer: partial steps, verl's meaning "
+        "counted in GRPO groups: a step returns data.train_batch_size whole groups out of train_batch_size / "
+        "(1 - rate) in flight and carries the rest, with their tokens, into the next step (staleness bound: "
+        "custom.rollout_len.max_staleness and on_stale; it needs trainer.v1.sampler.custom_sampler = "
+        "rollout_len's PartialReplayBuffer and data.gen_batch_size=1: docs/verl.md, Partial steps). The "
+        "DataProto trainer (trainer.use_v1=false) refuses a rate > 0: it takes back what it sent, row for row",
     ),
     # --- lengths and precision
     Setting(
@@ -480,6 +481,8 @@ class LengthAwareSettings:
     train: SamplingParams  # training batches: temperature, top_p, top_k, response_length, ignore_eos
     validate: SamplingParams  # validation batches: val_kwargs
     notices: tuple[str, ...] = ()  # verl defaults replaced on this machine; create() logs them as warnings
+    # partial steps (over_sample_rate > 0): PartialConfig's fields but the quota (data.train_batch_size)
+    partial: dict | None = None
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -690,7 +693,9 @@ def coordinator_settings(rollout) -> tuple[str, RolloutConfig, tuple[str, ...]]:
         raise ValueError(f"{SETTINGS_KEY}={_show(settings)}: must be a mapping of `policy` and RolloutConfig fields")
     settings = dict(settings)
     policy = check_policy(settings.pop("policy", DEFAULT_POLICY), f"{SETTINGS_KEY}.policy")
-    _check_known(settings, SETTINGS_KEY, also_valid=("policy",))
+    for key in PARTIAL_KEYS:  # partial steps' settings (partial_settings)
+        settings.pop(key, None)
+    _check_known(settings, SETTINGS_KEY, also_valid=("policy", *PARTIAL_KEYS))
     sources = {field: f"{SETTINGS_KEY}.{field}" for field in settings}
     notices = []
     dtype = _verl_dtype(rollout)
@@ -776,7 +781,39 @@ def resolve_settings(rollout) -> LengthAwareSettings:
     validate = sampling_params(rollout, validate=True) if _select(rollout, "val_kwargs", None) is not None else train
     _check_lengths(rollout)
     policy, coordinator, notices = coordinator_settings(rollout)
-    return LengthAwareSettings(policy, coordinator, train, validate, notices)
+    return LengthAwareSettings(policy, coordinator, train, validate, notices, partial_settings(rollout))
+
+
+PARTIAL_KEYS = ("max_staleness", "on_stale")  # custom.rollout_len keys of partial steps (PartialConfig's)
+
+
+def partial_settings(rollout) -> dict | None:
+    """PartialConfig's fields but the quota from over_sample_rate and custom.rollout_len.max_staleness /
+    on_stale; None when over_sample_rate is 0. Raises ValueError naming the key: a rate outside [0, 1),
+    staleness settings without a rate, and what PartialConfig refuses."""
+    from rollout_len.sched.partial import PartialConfig
+
+    rate = _select(rollout, "over_sample_rate", 0.0)
+    custom = (_select(rollout, "custom", None) or {}).get("rollout_len") or {}
+    given = {key: custom[key] for key in PARTIAL_KEYS if key in custom}
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"{ROLLOUT_KEY}.over_sample_rate={_show(rate)}: must be a number in [0, 1) (verl's meaning)")
+    if rate == 0:
+        if given:
+            key = next(iter(given))
+            raise ValueError(
+                f"{SETTINGS_KEY}.{key}={_show(given[key])}: bounds the staleness of partial steps, which run only "
+                f"with {ROLLOUT_KEY}.over_sample_rate > 0"
+            )
+        return None
+    fields = {"over_sample_rate": float(rate), **given}
+    try:
+        PartialConfig(quota=1, **fields)
+    except ValueError as err:
+        key = next((k for k in PARTIAL_KEYS if k in str(err)), "over_sample_rate")
+        where = f"{SETTINGS_KEY}.{key}" if key in given else f"{ROLLOUT_KEY}.over_sample_rate"
+        raise ValueError(f"{where}: {err}") from None
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------- docs

@@ -25,12 +25,19 @@ import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict
 from verl import DataProto
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 from verl.utils.model import compute_position_id_with_mask
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 
+from rollout_len.sched.partial import PartialConfig, PartialRun
+
 __all__ = [
     "SUPPORTED_TRAINER_MODES",
+    "PARTIAL_SAMPLER_PATH",
+    "PartialReplayBuffer",
+    "PartialSteps",
     "check_v1_config",
+    "is_validation",
     "expand_prompts",
     "weight_version",
     "trajectory_records",
@@ -38,19 +45,26 @@ __all__ = [
 ]
 
 SUPPORTED_TRAINER_MODES = ("sync",)
+PARTIAL_SAMPLER_PATH = "pkg://rollout_len.verl.v1"  # trainer.v1.sampler.custom_sampler.path of PartialReplayBuffer
 # Keys of v1's prompt batch that steer generation; verl's agent-loop worker does not store them either.
 _CONTROL_KEYS = ("validate", "agent_name", "__rollout_n__")
 
 
-def check_v1_config(config) -> None:
+def check_v1_config(config, partial: bool = False) -> None:
     """Refuse v1 trainer settings LengthAwareRollout cannot serve (ValueError naming the key and value).
 
     Only `trainer.v1.trainer_mode=sync` is supported: `colocate_async` keeps prompts of several steps in flight
     and aborts and resumes requests around every weight sync, `separate_async` serves rollouts from standalone
     replicas with a non-naive weight transfer; a Coordinator step runs a whole batch to the end on one set of
     weights, and the `length_aware` backend launches no standalone replica and takes naive transfers only.
+
+    With `partial` (over_sample_rate > 0: `PartialSteps`), the sampler must be `PartialReplayBuffer` (it submits
+    the prompts a step holds beyond train_batch_size), `data.gen_batch_size` 1 (it submits any number of
+    prompts, as verl's async modes do) and `trainer.v1.sync.parameter_sync_step` 1 (one partial step, one
+    weight update).
     """
-    mode = config.trainer.get("v1", {}).get("trainer_mode", "sync")
+    v1 = config.trainer.get("v1", {})
+    mode = v1.get("trainer_mode", "sync")
     if mode not in SUPPORTED_TRAINER_MODES:
         raise ValueError(
             f"trainer.v1.trainer_mode={mode}: LengthAwareRollout supports verl's v1 trainer in sync mode only "
@@ -58,6 +72,33 @@ def check_v1_config(config) -> None:
             "around weight syncs, nor run as a standalone rollout pool): set trainer.v1.trainer_mode=sync, or "
             "trainer.use_v1=false"
         )
+    if not partial:
+        return
+    sampler = (v1.get("sampler", {}) or {}).get("custom_sampler", {}) or {}
+    path, name = sampler.get("path"), sampler.get("name")
+    if (path, name) != (PARTIAL_SAMPLER_PATH, "PartialReplayBuffer"):
+        raise ValueError(
+            f"trainer.v1.sampler.custom_sampler (path={path}, name={name}): partial steps "
+            "(actor_rollout_ref.rollout.over_sample_rate > 0) need rollout_len's sampler, which submits the prompts "
+            f"a step holds beyond data.train_batch_size: set path={PARTIAL_SAMPLER_PATH} and name=PartialReplayBuffer"
+        )
+    if config.data.get("gen_batch_size", None) != 1:
+        raise ValueError(
+            f"data.gen_batch_size={config.data.get('gen_batch_size', None)}: partial steps submit the exact number "
+            "of prompts a step lacks (after a dropped group, one), in fetches of gen_batch_size: set it to 1, as "
+            "verl's async trainer modes do"
+        )
+    sync_step = (v1.get("sync", {}) or {}).get("parameter_sync_step", 1)
+    if sync_step != 1:
+        raise ValueError(
+            f"trainer.v1.sync.parameter_sync_step={sync_step}: a partial step returns data.train_batch_size groups "
+            "for one weight update; set it to 1"
+        )
+
+
+def is_validation(batch: TensorDict) -> bool:
+    """Whether a v1 prompt batch is a validation batch (its NonTensorData `validate`)."""
+    return bool(_value(batch.get("validate"), 0)) if "validate" in batch.keys() else False
 
 
 def _objects(values: list) -> np.ndarray:
@@ -93,7 +134,7 @@ def expand_prompts(batch: TensorDict, rollout) -> tuple[DataProto, list[str]]:
     """
     if "uid" not in batch.keys():
         raise ValueError("verl's v1 batch has no 'uid': every prompt needs one (verl's trainer assigns it)")
-    validate = bool(_value(batch.get("validate"), 0)) if "validate" in batch.keys() else False
+    validate = is_validation(batch)
     default_n = int(rollout.val_kwargs.n if validate else rollout.n)
     prompts = len(batch)
     counts = [
@@ -154,7 +195,12 @@ def weight_version(global_steps: int, validate: bool) -> int:
 
 
 def trajectory_records(
-    rows: DataProto, output: DataProto, *, global_steps: int, version: int, timing: dict | None = None
+    rows: DataProto,
+    output: DataProto,
+    *,
+    global_steps: int,
+    versions: list[tuple[int, int]],
+    timing: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """verl's per-trajectory fields and tags, one of each per row of `output` (row r from `rows` row r).
 
@@ -165,7 +211,8 @@ def trajectory_records(
     (`reward_extra_info`, `global_steps`, `min_global_steps`, `max_global_steps`), `multi_modal_inputs` ({}),
     and every column of `rows` (the prompt's dataset fields, `uid`, `global_steps`, `session_id`).
     Tags: `status` "success", `prompt_len`, `response_len`, `seq_len`, `global_steps`, `min_global_steps`
-    and `max_global_steps` (= `version`).
+    and `max_global_steps`: row r's (min, max) in `versions` (the weight versions of its oldest and newest
+    token; one version for a synchronous step).
     """
     prompt_width = output.batch["prompts"].shape[1]
     attention = output.batch["attention_mask"].bool()
@@ -177,6 +224,7 @@ def trajectory_records(
     ).model_dump()
     fields, tags = [], []
     for row in range(len(output)):
+        low, high = (int(v) for v in versions[row])
         prompt = output.batch["prompts"][row][attention[row, :prompt_width]]
         length = int(output.batch["response_mask"][row].sum())
         response = output.batch["responses"][row, :length]
@@ -196,9 +244,9 @@ def trajectory_records(
             metrics=dict(metrics),
             extra_fields={
                 "reward_extra_info": {key: _row_value(output.non_tensor_batch[key], row) for key in reward_keys},
-                "global_steps": version,
-                "min_global_steps": version,
-                "max_global_steps": version,
+                "global_steps": high,
+                "min_global_steps": low,
+                "max_global_steps": high,
             },
             multi_modal_inputs={},
         )
@@ -214,8 +262,8 @@ def trajectory_records(
                 "response_len": length,
                 "seq_len": len(input_ids),
                 "global_steps": int(global_steps),
-                "min_global_steps": version,
-                "max_global_steps": version,
+                "min_global_steps": low,
+                "max_global_steps": high,
             }
         )
     return fields, tags
@@ -252,9 +300,9 @@ def generate_to_transfer_queue(batch: TensorDict, generate, rollout) -> dict:
     tq.kv_batch_put(keys=uids, partition_id=partition, tags=[{"status": "running"} for _ in uids])
     try:
         output = generate(rows)
-        version = weight_version(global_steps, validate)
+        versions = [(weight_version(global_steps, validate),) * 2] * len(output)
         fields, tags = trajectory_records(
-            rows, output, global_steps=global_steps, version=version, timing=output.meta_info.get("timing")
+            rows, output, global_steps=global_steps, versions=versions, timing=output.meta_info.get("timing")
         )
         tq.kv_batch_put(keys=keys, partition_id=partition, fields=list_of_dict_to_tensordict(fields), tags=tags)
     except Exception:
@@ -263,3 +311,114 @@ def generate_to_transfer_queue(batch: TensorDict, generate, rollout) -> dict:
         raise
     tq.kv_batch_put(keys=uids, partition_id=partition, tags=[{"status": "finished"} for _ in uids])
     return {key: value for key, value in output.meta_info.items() if key in ("timing", "rollout_len")}
+
+
+class PartialSteps:
+    """Partial (stall-free) steps on verl's v1 sync trainer: LengthAwareRollout's state between its calls.
+
+    verl's sync trainer submits `data.train_batch_size` prompts a step (`prepare_step`) and samples that many
+    finished groups from TransferQueue. `submit` adds a call's prompts to the groups in flight; once they reach
+    the config's `in_flight` (train_batch_size / (1 - over_sample_rate) groups) it runs one partial step
+    (`LengthAwareRollout.generate_partial`), writes the `quota` whole groups it returns, each trajectory tagged
+    with the weight versions of its oldest and newest token, tags those prompts `finished` and leaves the
+    carried ones `running` for a later step. Below `in_flight` it only queues them; `PartialReplayBuffer`
+    submits the rest (`groups_wanted`) before it samples: at the first step, and after a dropped group.
+    """
+
+    def __init__(self, config: PartialConfig):
+        self.run = PartialRun(config)
+        self.pending: list[DataProto] = []  # rows of groups submitted and not launched yet
+        self.dropped = 0  # groups dropped by the staleness bound (on_stale="drop")
+
+    def groups_wanted(self) -> int:
+        """Groups a queued step lacks: its in-flight count less the groups carried and the groups queued;
+        0 when no prompts are queued (the last call ran its step, or none came yet)."""
+        if not self.pending:
+            return 0
+        queued = sum(len(set(rows.non_tensor_batch["uid"])) for rows in self.pending)
+        return max(0, self.run.groups_to_launch() - queued)
+
+    def submit(self, batch: TensorDict, generate_partial, rollout) -> dict | None:
+        """Queue a v1 training batch (see `expand_prompts`); run a partial step once the groups in flight reach
+        the config's. `generate_partial`: LengthAwareRollout's; `rollout`: verl's rollout config (`n`).
+
+        Returns the step's meta_info (as `generate_to_transfer_queue`, with `version`), or None when the prompts
+        were only queued. Prompts are tagged `running` when queued; a step tags the uids it returns `finished`
+        and clears the prompts of groups the staleness bound dropped (the sampler submits replacements). When
+        the step fails, the uids of this call and of the queued ones are tagged `failure` and the error raised.
+        """
+        import transfer_queue as tq
+
+        if "global_steps" not in batch.keys():
+            raise ValueError("verl's v1 batch has no 'global_steps': the trainer assigns it to every batch")
+        global_steps = int(_value(batch.get("global_steps"), 0))
+        rows, _ = expand_prompts(batch, rollout)
+        if rows.batch is not None:  # a carried row keeps its fields across calls, as objects
+            for key in rows.batch.keys():
+                rows.non_tensor_batch[key] = _objects(list(rows.batch[key]))
+            rows.batch = None
+        uids = list(dict.fromkeys(str(uid) for uid in rows.non_tensor_batch["uid"]))
+        tq.kv_batch_put(keys=uids, partition_id="train", tags=[{"status": "running"} for _ in uids])
+        self.pending.append(rows)
+        if self.groups_wanted() > 0:  # PartialReplayBuffer submits the rest
+            return None
+        launched = DataProto.concat(self.pending)
+        meta = {key: value for key, value in rows.meta_info.items() if key != "validate"}
+        launched.meta_info = meta
+        before = {t.group for t in self.run.carried} | {str(uid) for uid in launched.non_tensor_batch["uid"]}
+        # PartialRun counts versions from its first step, verl from the weights synced at step 0
+        offset = weight_version(global_steps, False) - self.run.version
+        try:
+            output, run = generate_partial(launched, self.run)
+        except Exception:
+            queued = list(dict.fromkeys(str(uid) for uid in launched.non_tensor_batch["uid"]))
+            tq.kv_batch_put(keys=queued, partition_id="train", tags=[{"status": "failure"} for _ in queued])
+            self.pending = []
+            raise
+        self.pending, self.run = [], run
+        lows, highs = output.non_tensor_batch["min_global_steps"], output.non_tensor_batch["max_global_steps"]
+        versions = [(int(low) + offset, int(high) + offset) for low, high in zip(lows, highs)]
+        inputs = [key for key in launched.non_tensor_batch if key in output.non_tensor_batch]
+        returned_rows = DataProto(non_tensor_batch={key: output.non_tensor_batch[key] for key in inputs}, meta_info={})
+        fields, tags = trajectory_records(
+            returned_rows, output, global_steps=global_steps, versions=versions, timing=output.meta_info.get("timing")
+        )
+        keys = [
+            f"{uid}_{session}_0"
+            for uid, session in zip(output.non_tensor_batch["uid"], output.non_tensor_batch["session_id"])
+        ]
+        tq.kv_batch_put(keys=keys, partition_id="train", fields=list_of_dict_to_tensordict(fields), tags=tags)
+        returned = list(dict.fromkeys(str(uid) for uid in output.non_tensor_batch["uid"]))
+        tq.kv_batch_put(keys=returned, partition_id="train", tags=[{"status": "finished"} for _ in returned])
+        dropped = sorted(before - set(returned) - {t.group for t in run.carried})
+        if dropped:
+            tq.kv_clear(keys=dropped, partition_id="train")
+            self.dropped += len(dropped)
+        return {key: value for key, value in output.meta_info.items() if key in ("timing", "rollout_len")}
+
+
+class PartialReplayBuffer(ReplayBuffer):
+    """verl's sync ReplayBuffer for partial steps (`PartialSteps`): before it samples training groups, it
+    submits the prompts LengthAwareRollout's partial steps lack (`groups_wanted`) through the trainer's own
+    `refill_fn` (its dataloader), so a step holds train_batch_size / (1 - over_sample_rate) groups in flight.
+
+    Select it with `trainer.v1.sampler.custom_sampler.path=pkg://rollout_len.verl.v1` and
+    `.name=PartialReplayBuffer`. It finds the rollout as the trainer's `agent_loop_manager` (the trainer whose
+    `_add_prompts_to_generate` is `refill_fn`); anything but a LengthAwareRollout with partial steps there
+    raises RuntimeError.
+    """
+
+    def sample(self, global_steps: int, partition_id: str, batch_size: int):
+        if partition_id == "train":
+            trainer = getattr(self.refill_fn, "__self__", None)
+            steps = getattr(getattr(trainer, "agent_loop_manager", None), "partial_steps", None)
+            if not isinstance(steps, PartialSteps):
+                raise RuntimeError(
+                    "PartialReplayBuffer samples for LengthAwareRollout's partial steps, and the trainer's "
+                    "agent_loop_manager has none: set actor_rollout_ref.rollout.agent.agent_loop_manager_class to "
+                    "LengthAwareRollout and actor_rollout_ref.rollout.over_sample_rate > 0"
+                )
+            wanted = steps.groups_wanted()
+            if wanted:
+                self.refill_fn(wanted)
+        return super().sample(global_steps, partition_id, batch_size)

@@ -135,7 +135,6 @@ BAD_VALUES = {  # refused key: an override that sets it to a value LengthAwareRo
     "name": "actor_rollout_ref.rollout.name=vllm",
     "repetition_penalty": "+actor_rollout_ref.rollout.repetition_penalty=1.1",
     "full_determinism": "actor_rollout_ref.rollout.full_determinism=true",
-    "over_sample_rate": "actor_rollout_ref.rollout.over_sample_rate=0.1",
     "logprobs_mode": "actor_rollout_ref.rollout.logprobs_mode=raw_logprobs",
     "gpu_memory_utilization": "actor_rollout_ref.rollout.gpu_memory_utilization=0.8",
     "data_parallel_size": "actor_rollout_ref.rollout.data_parallel_size=2",

@@ -9,52 +9,25 @@ actor update, the weight sync) does not run here.
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import pytest
-import ray
 import torch
-from omegaconf import OmegaConf
 from tensordict import NonTensorData
-from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
 from verl.utils import tensordict_utils as tu
 from verl.utils.import_utils import load_class_from_fqn
 from verl.utils.reward_score import gsm8k
-from verl_setup import compose_ppo_config, v1_overrides
+from verl_setup import V1_GROUP_SIZE, V1_PROMPTS_PER_STEP, v1_runtime, v1_test_config, v1_trainer
 
 from rollout_len.verl import RESULT_KEY, SEED_KEY
 from rollout_len.verl.agent_loop import check_config
 from rollout_len.verl.v1 import expand_prompts, weight_version
 
-N = 3
-PROMPTS_PER_STEP = 2
-SETUP = [
-    "data.max_prompt_length=512",
-    "data.max_response_length=12",
-    f"actor_rollout_ref.rollout.n={N}",
-    "algorithm.adv_estimator=grpo",
-    f"data.train_batch_size={PROMPTS_PER_STEP}",
-    "data.dataloader_num_workers=0",
-    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-    "+actor_rollout_ref.rollout.custom.rollout_len.num_workers=1",
-    "+actor_rollout_ref.rollout.custom.rollout_len.use_ray=false",
-    "+actor_rollout_ref.rollout.custom.rollout_len.seed=100",
-]
+N, PROMPTS_PER_STEP = V1_GROUP_SIZE, V1_PROMPTS_PER_STEP
 
 
 @pytest.fixture(scope="module")
 def make_v1_config(model_dir, gsm8k_parquet):
-    """verl's stock ppo_trainer (use_v1 left at its default, true) + the rollout lines + a tiny GRPO setup."""
-
-    def make(*extra: str):
-        files = [
-            f"actor_rollout_ref.model.path={model_dir}",
-            f"data.train_files={gsm8k_parquet}",
-            f"data.val_files={gsm8k_parquet}",
-        ]
-        return compose_ppo_config(v1_overrides() + files + SETUP + list(extra))
-
-    return make
+    return lambda *extra: v1_test_config(model_dir, gsm8k_parquet, *extra)
 
 
 def test_stock_v1_config_passes_the_checks(make_v1_config):
@@ -116,37 +89,13 @@ def test_weight_version_follows_the_sync_trainer():
 
 @pytest.fixture(scope="module")
 def v1_session(make_v1_config):
-    """Ray, verl's TransferQueue (from the config's transfer_queue section), verl's reward worker, and
-    LengthAwareRollout created by verl's loader, as TaskRunnerV1 does."""
-    import transfer_queue as tq
-
-    config = make_v1_config("algorithm.rollout_correction.bypass_mode=true")
-    OmegaConf.resolve(config)
-    ray.shutdown()  # a Ray left by another module may have too few CPUs
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    try:
-        tq.init(config.transfer_queue)
-        reward_workers = [ray.remote(RewardLoopWorker).remote(config)]
-        manager = load_class_from_fqn(
-            config.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager"
-        ).create(config=config, llm_client=None, teacher_client=None, reward_loop_worker_handles=reward_workers)
-        yield SimpleNamespace(config=config, manager=manager, reward_workers=reward_workers, tq=tq)
-        manager.shutdown()
-    finally:
-        tq.close()
-        ray.shutdown()
+    with v1_runtime(make_v1_config("algorithm.rollout_correction.bypass_mode=true")) as runtime:
+        yield runtime
 
 
 @pytest.fixture
 def trainer(v1_session):
-    """verl's PPOTrainerSync with its dataloader and ReplayBuffer, wired to LengthAwareRollout; no actor workers."""
-    from verl.trainer.ppo.v1 import PPOTrainerSync
-
-    trainer = PPOTrainerSync(v1_session.config)
-    trainer._init_tokenizer()
-    trainer._init_dataloader()
-    trainer.agent_loop_manager = v1_session.manager
-    trainer.reward_loop_manager = SimpleNamespace(reward_loop_worker_handles=v1_session.reward_workers)
+    trainer = v1_trainer(v1_session)
     trainer.global_steps = 1
     return trainer
 
@@ -212,7 +161,6 @@ def test_a_training_step_reaches_verl_v1_trainer(v1_session, trainer):
         assert torch.equal(out["old_log_probs"][row], data["rollout_log_probs"][row])
         advantage = out["advantages"][row]
         assert len(advantage) == response_lengths[row] and torch.isfinite(advantage).all()
-    trainer.resource_pool_manager = SimpleNamespace(get_n_gpus=lambda: 1)
     trainer._compute_metrics(batch, metrics, {"step": 1.0, "gen": 1.0}, global_steps=1, epoch=0)
     assert metrics["training/off_policy/trajectory_staleness/mean"] == 0
     assert metrics["training/off_policy/trajectory_spans/max"] == 1
