@@ -393,10 +393,22 @@ def _partial_table(rows: list[dict]) -> str:
 
 
 def _step_table(rows: list[dict]) -> str:
-    header = ["step", "rollout s", "fcfs s", "saving", "sim", "oracle", "live / floor", "reward", "MAE"]
+    header = [
+        "step",
+        "rollout s",
+        "fcfs s",
+        "saving",
+        "sim",
+        "oracle",
+        "live / floor",
+        "reward",
+        "PLP MAE",
+        "survival MAE",
+    ]
     lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
     for r in rows:
         mae = "-" if r["predictor_mae"] is None else f"{r['predictor_mae']:.1f}"
+        survival = "-" if r.get("survival_mae") is None else f"{r['survival_mae']:.1f}"
         cells = [
             str(r["step"]),
             f"{r['rollout_time_s']:.1f}",
@@ -407,6 +419,7 @@ def _step_table(rows: list[dict]) -> str:
             f"{r['ratio_to_floor']:.2f}",
             f"{r['reward_mean']:.3f}",
             mae,
+            survival,
         ]
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return "\n".join(lines + ["</table>"])
