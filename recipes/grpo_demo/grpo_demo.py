@@ -14,7 +14,7 @@ chosen in docs/results/workload.md; `--task gsm8k`: GSM8K, step by step). One GR
                  measurement only (responses discarded); the two alternate which goes first from step to step
   replay         the simulator's replay of the step's recorded lengths with fcfs, pool, length_aware and the
                  oracle (rollout_len.verl.demo_report.SimReplay): the noise-free saving, the floor and the
-                 oracle's saving (the bound on any ordering) beside the live one
+                 oracle's saving (what exact lengths give the same planner) beside the live one
   reward         verl's DAPO reward manager: 1 for a right final number (rollout_len.data.answer_correct, or
                  verl's GSM8K checker), plus the overlong penalty near max_new_tokens when overlong_buffer > 0
                  (rollout_len.verl.reward)

@@ -48,6 +48,10 @@ __all__ = [
 ]
 
 
+# Below this saving of the oracle over fcfs (a fraction) a share of the oracle's gain is noise over a tiny
+# denominator (a 2-step run gave 14.25), so none is given.
+MIN_ORACLE_SAVING = 0.01
+
 PREDICTOR_METRICS = (
     "predictor_mae_inflight",
     "survival_mae_inflight",
@@ -131,7 +135,7 @@ class SimReplay:
         """One step's replay: {"sim_s": {policy: simulated step time, s}, "sim_floor_s": the cost model's
         physical floor of these lengths, "sim_saving" and "oracle_saving": 1 - policy / fcfs of
         length_aware and the oracle, "sim_oracle_gain_share": (fcfs - length_aware) / (fcfs - oracle),
-        None when the oracle gains nothing}. `prompt_tokens`: the step's mean prompt length; `cost`: the
+        None when the oracle saves under MIN_ORACLE_SAVING}. `prompt_tokens`: the step's mean prompt length; `cost`: the
         live step's cost model (`step_cost_model`), else the configured profile."""
         c, cost = self.config, cost or self.cost
         args = dict(
@@ -153,7 +157,9 @@ class SimReplay:
             "sim_floor_s": floor_s(lengths, c.num_workers, c.slots_per_worker, cost, prompt_tokens),
             "sim_saving": 1.0 - sim["length_aware"] / sim["fcfs"],
             "oracle_saving": 1.0 - sim["oracle"] / sim["fcfs"],
-            "sim_oracle_gain_share": (sim["fcfs"] - sim["length_aware"]) / gain if gain > 0 else None,
+            "sim_oracle_gain_share": (
+                (sim["fcfs"] - sim["length_aware"]) / gain if gain >= MIN_ORACLE_SAVING * sim["fcfs"] else None
+            ),
         }
 
 
@@ -196,7 +202,7 @@ def summary_row(step: int, result: dict) -> dict:
     simulator replay (`SimReplay.step`), lengths per group and both timelines (`Timeline.to_dict`).
 
     `oracle_gain_share` is the live saving over the replay's oracle saving (None when the oracle
-    gains nothing); `predictor_mae` the in-flight (t > 0) predictor's mean absolute error in tokens and
+    saves under MIN_ORACLE_SAVING); `predictor_mae` the in-flight (t > 0) predictor's mean absolute error in tokens and
     `survival_mae` the survival baseline's on the same predictions (None before the first re-fit);
     `predictor_mae_admission` / `constant_mae_admission` the same at t = 0 against the constant median."""
     m, sim = result["metrics"], result["sim"]
@@ -207,7 +213,7 @@ def summary_row(step: int, result: dict) -> dict:
         "fcfs_rollout_time_s": m["timing_s/gen_fcfs"],
         "saving": (saving := m["rollout_len/saving_vs_fcfs"]),
         **sim,
-        "oracle_gain_share": saving / sim["oracle_saving"] if sim["oracle_saving"] > 0 else None,
+        "oracle_gain_share": saving / sim["oracle_saving"] if sim["oracle_saving"] >= MIN_ORACLE_SAVING else None,
         "floor_s": m["rollout_len/floor_s"],
         "ratio_to_floor": m["rollout_len/ratio_to_floor"],
         "sim_ratio_to_floor": sim["sim_s"]["length_aware"] / sim["sim_floor_s"],

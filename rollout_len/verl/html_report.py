@@ -374,7 +374,18 @@ def staleness_chart(summary: dict) -> str:
 
 
 def _partial_table(rows: list[dict]) -> str:
-    header = ["step", "partial s", "fcfs s", "tok/s", "fcfs tok/s", "fresh", "carried", "restarted", "reward"]
+    header = [
+        "step",
+        "partial s",
+        "fcfs s",
+        "tok/s",
+        "fcfs tok/s",
+        "stale <= 1",
+        "carried",
+        "restarted",
+        "dropped",
+        "reward",
+    ]
     lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
     for r in rows:
         cells = [
@@ -386,6 +397,7 @@ def _partial_table(rows: list[dict]) -> str:
             f"{r['fresh_token_share']:.2f}",
             str(r["carried_samples"]),
             str(r["restarted"]),
+            str(r.get("dropped_groups", "-")),
             f"{r['reward_mean']:.3f}",
         ]
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -42,6 +42,7 @@ def summary_row(step: int, metrics: dict, data, blind) -> dict:
         "carried_samples": int(step_metrics["carried_samples"]),
         "launched_groups": int(metrics["demo/launched_groups"]),
         "restarted": int(step_metrics["restarted"]),
+        "dropped_groups": int(step_metrics["dropped_groups"]),
         "wasted_tokens": int(step_metrics["wasted_tokens"]),
         "reward_mean": metrics["critic/score/mean"],
         "correct_mean": metrics["reward/correct_mean"],
@@ -63,13 +64,13 @@ def step_line(row: dict, measured: dict) -> str:
 
 
 def format_table(rows: list[dict], measured: dict) -> str:
-    head = f"{'step':>4}{'partial s':>11}{'fcfs s':>9}{'tok/s':>8}{'fcfs tok/s':>12}{'fresh':>7}{'carried':>9}"
-    lines = [head + f"{'reward':>9}"]
+    head = f"{'step':>4}{'partial s':>11}{'fcfs s':>9}{'tok/s':>8}{'fcfs tok/s':>12}{'stale<=1':>9}{'carried':>9}"
+    lines = [head + f"{'restarted':>10}{'dropped':>8}{'reward':>9}"]
     for r in rows:
         lines.append(
             f"{r['step']:>4}{r['rollout_time_s']:>11.1f}{r['fcfs_rollout_time_s']:>9.1f}{r['tokens_per_s']:>8.0f}"
-            f"{r['fcfs_tokens_per_s']:>12.0f}{r['fresh_token_share']:>7.2f}{r['carried_samples']:>9}"
-            f"{r['reward_mean']:>9.3f}"
+            f"{r['fcfs_tokens_per_s']:>12.0f}{r['fresh_token_share']:>9.2f}{r['carried_samples']:>9}"
+            f"{r['restarted']:>10}{r['dropped_groups']:>8}{r['reward_mean']:>9.3f}"
         )
     lo, hi = measured["partial_throughput_ratio_ci95"]
     lines.append(

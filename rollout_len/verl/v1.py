@@ -20,6 +20,8 @@ done (`verl/trainer/ppo/v1/agent_loop_tq.py` is verl's own writer; docs/verl.md,
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from tensordict import NonTensorData, NonTensorStack, TensorDict
@@ -44,6 +46,8 @@ __all__ = [
     "generate_to_transfer_queue",
 ]
 
+logger = logging.getLogger(__name__)
+
 SUPPORTED_TRAINER_MODES = ("sync",)
 PARTIAL_SAMPLER_PATH = "pkg://rollout_len.verl.v1"  # trainer.v1.sampler.custom_sampler.path of PartialReplayBuffer
 # Keys of v1's prompt batch that steer generation; verl's agent-loop worker does not store them either.
@@ -60,8 +64,11 @@ def check_v1_config(config, partial: bool = False) -> None:
 
     With `partial` (over_sample_rate > 0: `PartialSteps`), the sampler must be `PartialReplayBuffer` (it submits
     the prompts a step holds beyond train_batch_size), `data.gen_batch_size` 1 (it submits any number of
-    prompts, as verl's async modes do) and `trainer.v1.sync.parameter_sync_step` 1 (one partial step, one
-    weight update).
+    prompts, as verl's async modes do), `trainer.v1.sync.parameter_sync_step` 1 (one partial step, one
+    weight update) and the rollout's log-probs on; DAPO's group filtering and `sync_refill_failed_groups`,
+    which verl gives only to its own sampler, must be off. Without it, `PartialReplayBuffer` is refused.
+    Partial steps without `algorithm.rollout_correction.rollout_is` are allowed, with a logged warning:
+    tokens of older weights are then trained uncorrected.
     """
     v1 = config.trainer.get("v1", {})
     mode = v1.get("trainer_mode", "sync")
@@ -72,11 +79,19 @@ def check_v1_config(config, partial: bool = False) -> None:
             "around weight syncs, nor run as a standalone rollout pool): set trainer.v1.trainer_mode=sync, or "
             "trainer.use_v1=false"
         )
-    if not partial:
-        return
-    sampler = (v1.get("sampler", {}) or {}).get("custom_sampler", {}) or {}
+    sampler_config = v1.get("sampler", {}) or {}
+    sampler = sampler_config.get("custom_sampler", {}) or {}
     path, name = sampler.get("path"), sampler.get("name")
-    if (path, name) != (PARTIAL_SAMPLER_PATH, "PartialReplayBuffer"):
+    ours = (path, name) == (PARTIAL_SAMPLER_PATH, "PartialReplayBuffer")
+    if not partial:
+        if ours:
+            raise ValueError(
+                "trainer.v1.sampler.custom_sampler names PartialReplayBuffer, which samples for partial steps, but "
+                "actor_rollout_ref.rollout.over_sample_rate is 0 (synchronous steps): set over_sample_rate > 0, or "
+                "drop the custom_sampler lines"
+            )
+        return
+    if not ours:
         raise ValueError(
             f"trainer.v1.sampler.custom_sampler (path={path}, name={name}): partial steps "
             "(actor_rollout_ref.rollout.over_sample_rate > 0) need rollout_len's sampler, which submits the prompts "
@@ -84,15 +99,38 @@ def check_v1_config(config, partial: bool = False) -> None:
         )
     if config.data.get("gen_batch_size", None) != 1:
         raise ValueError(
-            f"data.gen_batch_size={config.data.get('gen_batch_size', None)}: partial steps submit the exact number "
+            f"data.gen_batch_size={config.data.get('gen_batch_size', None)!r}: partial steps submit the exact number "
             "of prompts a step lacks (after a dropped group, one), in fetches of gen_batch_size: set it to 1, as "
             "verl's async trainer modes do"
+        )
+    # verl hands group filtering and failed-group refills to its own sampler only, never to a custom one
+    filter_groups = config.algorithm.get("filter_groups", None) or {}
+    if filter_groups.get("enable", False):
+        raise ValueError(
+            "algorithm.filter_groups.enable=true: verl's v1 trainer gives DAPO's group filtering to its own sampler "
+            "only, and partial steps use PartialReplayBuffer, so the filter would not run; set it to false"
+        )
+    if sampler_config.get("sync_refill_failed_groups", False):
+        raise ValueError(
+            "trainer.v1.sampler.sync_refill_failed_groups=true: verl gives it to its own sampler only, and partial "
+            "steps use PartialReplayBuffer, which would ignore it; set it to false"
+        )
+    if not config.actor_rollout_ref.rollout.get("calculate_log_probs", True):
+        raise ValueError(
+            "actor_rollout_ref.rollout.calculate_log_probs=false: partial steps train tokens of older weights, and "
+            "correcting them (algorithm.rollout_correction) needs the rollout's log-probs; set it to true"
         )
     sync_step = (v1.get("sync", {}) or {}).get("parameter_sync_step", 1)
     if sync_step != 1:
         raise ValueError(
             f"trainer.v1.sync.parameter_sync_step={sync_step}: a partial step returns data.train_batch_size groups "
             "for one weight update; set it to 1"
+        )
+    if (config.algorithm.get("rollout_correction", None) or {}).get("rollout_is", None) is None:
+        logger.warning(
+            "partial steps without algorithm.rollout_correction.rollout_is: tokens generated by older weights "
+            "(staleness up to custom.rollout_len.max_staleness) are trained without importance weights; set "
+            "rollout_is=token to weight them by verl's truncated ratio"
         )
 
 

@@ -8,6 +8,7 @@ on what LengthAwareRollout wrote; the FSDP actor workers (log-prob recomputation
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 
@@ -49,12 +50,28 @@ def test_the_documented_partial_lines_pass_the_checks(make_partial_config):
         ("trainer.use_v1=false", "actor_rollout_ref.rollout.over_sample_rate"),
         ("actor_rollout_ref.rollout.over_sample_rate=1.0", "actor_rollout_ref.rollout.over_sample_rate"),
         ("+actor_rollout_ref.rollout.custom.rollout_len.on_stale=ignore", "custom.rollout_len.on_stale"),
+        ("algorithm.filter_groups.enable=true", "algorithm.filter_groups.enable"),
+        ("trainer.v1.sampler.sync_refill_failed_groups=true", "trainer.v1.sampler.sync_refill_failed_groups"),
+        ("actor_rollout_ref.rollout.calculate_log_probs=false", "actor_rollout_ref.rollout.calculate_log_probs"),
         ("actor_rollout_ref.rollout.custom.rollout_len.max_staleness=-1", "custom.rollout_len.max_staleness"),
     ],
 )
 def test_partial_settings_that_cannot_work_fail_naming_the_key(make_partial_config, override, named):
     with pytest.raises(ValueError, match=re.escape(named)):
         check_config(make_partial_config(override), reward_loop_worker_handles=[object()])
+
+
+def test_the_partial_sampler_without_partial_steps_fails(make_partial_config):
+    config = make_partial_config("actor_rollout_ref.rollout.over_sample_rate=0", "~actor_rollout_ref.rollout.custom")
+    with pytest.raises(ValueError, match=r"PartialReplayBuffer.*over_sample_rate is 0"):
+        check_config(config, reward_loop_worker_handles=[object()])
+
+
+def test_partial_steps_without_importance_weights_warn(make_partial_config, caplog):
+    config = make_partial_config("algorithm.rollout_correction.rollout_is=null")
+    with caplog.at_level(logging.WARNING, logger="rollout_len.verl.v1"):
+        check_config(config, reward_loop_worker_handles=[object()])
+    assert "without algorithm.rollout_correction.rollout_is" in caplog.text
 
 
 def test_staleness_settings_without_partial_steps_fail(make_partial_config):
