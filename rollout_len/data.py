@@ -1,13 +1,15 @@
-"""Prompt sources (JSONL files, the packaged GSM8K test set), chat-template encoding, and answer checking."""
+"""Prompt sources (JSONL files, the packaged GSM8K test set), chat-template encoding, answer checking, and
+strict JSON for the files the project writes."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 from pathlib import Path
 
-__all__ = ["Prompt", "read_prompts_jsonl", "gsm8k_prompts", "answer_correct", "encode_prompt"]
+__all__ = ["Prompt", "read_prompts_jsonl", "gsm8k_prompts", "answer_correct", "encode_prompt", "strict_json"]
 
 # A prompt is a plain string (sent as one user message) or a list of chat messages.
 Prompt = str | list[dict]
@@ -105,3 +107,19 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
     else:  # base models: plain concatenation of the contents
         ids = tokenizer("\n".join(m["content"] for m in messages))["input_ids"]
     return list(ids)
+
+
+def strict_json(value, **kwargs) -> str:
+    """`json.dumps` of `value` with every non-finite float (NaN, inf: a figure undefined for this run) as
+    null, so any JSON parser reads the file; `kwargs` go to json.dumps (e.g. indent)."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), allow_nan=False, **kwargs)

@@ -118,6 +118,7 @@ def _embedded_dir(name: str) -> Path:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Write to a temporary folder and rename, so a killed conversion never leaves a half cache.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of the machine
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -58,3 +58,11 @@ def test_encode_prompt_applies_the_chat_template():
     assert encode_prompt(tokenizer, [{"role": "user", "content": "12*7?"}]) == ids
     with pytest.raises(ValueError, match="empty"):
         encode_prompt(tokenizer, "   ")
+
+
+def test_strict_json_writes_undefined_figures_as_null():
+    from rollout_len.data import strict_json
+
+    text = strict_json({"tau": float("nan"), "rows": [1.5, float("inf"), {"x": -float("inf")}], "n": 3})
+    assert json.loads(text) == {"tau": None, "rows": [1.5, None, {"x": None}], "n": 3}
+    assert "NaN" not in text and "Infinity" not in text

@@ -191,7 +191,8 @@ def build(
     `out_dir/shards/` at once, so an interrupted build resumes at the first missing shard when run
     again with the same settings (`out_dir/shards/plan.json` holds them; different settings are a
     ValueError naming what differs). When every shard is there, the dataset files are written and
-    the shards removed; running again on a finished build returns its card.
+    the shards removed; running again on a finished build returns its card. `limit`: the number of
+    prompts (>= 3; a source with fewer is a ValueError, not a smaller build).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; valid: {sorted(SCENARIOS)}")
@@ -214,9 +215,14 @@ def build(
             "a build writes card.json, data.safetensors and prompts.jsonl there: choose an empty or new folder"
         )
     spec = SCENARIOS[scenario]
-    count = limit or (spec.quick_prompts if quick else spec.num_prompts)
+    count = limit if limit is not None else (spec.quick_prompts if quick else spec.num_prompts)
+    if count < 3:
+        raise ValueError(f"limit (number of prompts) must be >= 3 (train, val and test each get one), got {count}")
     max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
     texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed, quick)
+    if limit is not None and len(texts) < limit:
+        source = prompts_file or f"scenario {scenario!r}"
+        raise ValueError(f"limit {limit} prompts, but {source} has only {len(texts)}")
     start = time.time()
     policy = load_policy(model)
     depth = policy.num_layers

@@ -48,11 +48,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rollout_len.data import strict_json
+
 __all__ = ["TRAIN", "VAL", "TEST", "SPLITS", "save_dataset", "load_dataset", "load_prompts"]
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLITS = ("train", "val", "test")  # the names of TRAIN, VAL, TEST in prompts.jsonl
 CARD, DATA, PROMPTS = "card.json", "data.safetensors", "prompts.jsonl"
+# what the readers of a dataset take from its card (evaluate, train, ablation, attribution, baselines)
+CARD_KEYS = ("scenario", "model", "layers", "plp_layer", "every", "hidden_size", "sampling")
 _REQUIRED = ("sample/prompt", "sample/length", "sample/capped", "prompt/split", "ckpt/sample", "ckpt/t", "ckpt/pool")
 
 
@@ -70,7 +74,7 @@ def save_dataset(
     with open(folder / PROMPTS, "w") as f:
         for prompt, s in zip(prompts, split):
             f.write(json.dumps({"prompt": prompt, "split": SPLITS[s]}) + "\n")
-    (folder / CARD).write_text(json.dumps(card, indent=2))
+    (folder / CARD).write_text(strict_json(card, indent=2))  # a NaN score: null
     return folder
 
 
@@ -87,6 +91,11 @@ def load_dataset(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         tensors = load_file(str(folder / DATA))
     except (json.JSONDecodeError, SafetensorError, OSError) as err:
         raise ValueError(f"{folder}: corrupt dataset ({err})") from err
+    if not isinstance(card, dict):
+        raise ValueError(f"{folder}/{CARD}: not a JSON object")
+    missing = [k for k in CARD_KEYS if k not in card]
+    if missing:
+        raise ValueError(f"{folder}/{CARD} lacks {missing}: not a card `rollout-len forelen build` wrote")
     missing = [k for k in _REQUIRED if k not in tensors]
     if missing:
         raise ValueError(f"{folder}/{DATA} lacks {missing}")

@@ -38,6 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rollout_len.data import strict_json
+
 __all__ = ["LengthBins", "HeadConfig", "SoftLabelHead", "POINTS", "load_card", "check_card", "layer_matches"]
 
 CARD = "card.json"  # what a saved head was trained on (forelen/train.py writes it)
@@ -334,7 +336,7 @@ class SoftLabelHead(nn.Module):
         meta = {"config": asdict(self.config), "edges": list(self.bins.edges), "format": FORMAT}
         (folder / "head.json").write_text(json.dumps(meta, indent=2))
         if card is not None:
-            (folder / CARD).write_text(json.dumps(card, indent=2))
+            (folder / CARD).write_text(strict_json(card, indent=2))  # a NaN score: null
 
     @classmethod
     def load(cls, folder: str | Path, expect_in_dim: int | None = None) -> SoftLabelHead:
@@ -381,7 +383,8 @@ def check_card(card: dict, expected: dict, where: str) -> None:
 def layer_matches(card: dict, tap_layer: int) -> bool:
     """Whether a tap layer (1..L, or negative from the end) is the card's `layer` (1..L). A negative
     one can be matched only when the card gives the model's depth (`num_layers`)."""
+    layer = card.get("layer")
     if tap_layer > 0:
-        return tap_layer == card["layer"]
+        return tap_layer == layer
     depth = card.get("num_layers")
-    return depth is not None and depth + 1 + tap_layer == card["layer"]
+    return depth is not None and layer is not None and depth + 1 + tap_layer == layer

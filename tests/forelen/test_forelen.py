@@ -189,6 +189,12 @@ def test_bad_datasets_are_clear_errors(tmp_path, tiny_rl):
     (tmp_path / "data.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt dataset"):
         load_dataset(tmp_path)
+    card, tensors = load_dataset(tiny_rl)
+    del card["plp_layer"], card["hidden_size"]
+    prompts = [json.loads(line)["prompt"] for line in (tiny_rl / "prompts.jsonl").read_text().splitlines()]
+    save_dataset(tmp_path / "old", card, dict(tensors), prompts, tensors["prompt/split"].numpy())
+    with pytest.raises(ValueError, match=r"card.json lacks \['plp_layer', 'hidden_size'\]"):
+        evaluate_methods([str(tmp_path / "old")], ["constant"])
     with pytest.raises(ValueError, match="unknown methods \\['median'\\]"):
         evaluate_methods([str(tiny_rl)], ["median"])
     with pytest.raises(ValueError, match="unknown scenario"):
@@ -263,3 +269,13 @@ def test_eval_checks_its_output_and_layer_first_and_writes_strict_json(tiny_rl, 
     assert main(["forelen", "eval", "--data", str(tiny_rl), "--methods", "constant,survival", "--json", str(out)]) == 0
     text = out.read_text()
     assert "NaN" not in text and json.loads(text)["rl"]["constant"]["admission"]["kendall_tau"] is None
+
+
+def test_a_limit_beyond_the_prompts_is_refused_not_cut(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 2 + 2?"}\n' * 4)
+    with pytest.raises(ValueError, match=r"limit 10 prompts, but .*prompts.jsonl has only 4"):
+        build("rl", tmp_path / "out", model="tiny-llama", prompts_file=str(prompts), limit=10)
+    with pytest.raises(ValueError, match=r"must be >= 3 .*got 0"):
+        build("rl", tmp_path / "out", model="tiny-llama", prompts_file=str(prompts), limit=0)
+    assert not (tmp_path / "out").exists()

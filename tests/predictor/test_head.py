@@ -189,3 +189,15 @@ def test_calibration_makes_held_out_quantiles_cover_their_level(tmp_path):
     torch.testing.assert_close(SoftLabelHead.load(tmp_path).predict(x)[1], head.predict(x)[1])
     with pytest.raises(ValueError, match=r"calibrate needs features \(N, d\) and lengths \(N,\)"):
         head.calibrate(x[:3], y[:2])
+
+
+def test_a_saved_card_is_strict_json_with_undefined_scores_as_null(tmp_path):
+    import json
+
+    from rollout_len.predictor.head import load_card
+
+    head = SoftLabelHead(HeadConfig(in_dim=4), LengthBins((0, 1, 2, 3)))
+    head.save(tmp_path, card={"scores": {"kendall_tau": float("nan"), "mae": 12.5}})
+    text = (tmp_path / "card.json").read_text()
+    assert "NaN" not in text and json.loads(text)["scores"] == {"kendall_tau": None, "mae": 12.5}
+    assert load_card(tmp_path)["scores"]["mae"] == 12.5
