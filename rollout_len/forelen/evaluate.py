@@ -203,7 +203,8 @@ def paired_ratio_ci(
 ) -> dict:
     """{"ratio": Σ err_a / Σ err_b, "ci95": [low, high], "prompts": G}: absolute errors (N,) of two
     predictors on the same rows, `groups` (N,) the prompt of each row; each bootstrap round draws G
-    groups with replacement and takes every row of each. ci95 is None when Σ err_b is 0 or G < 2."""
+    groups with replacement and takes every row of each; rounds whose Σ err_b is 0 have no ratio and are
+    left out. ci95 is None when Σ err_b is 0 or G < 2."""
     ids, group = torch.unique(groups, return_inverse=True)
     a = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, group, err_a.double())  # (G,)
     b = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, group, err_b.double())
@@ -214,7 +215,9 @@ def paired_ratio_ci(
     if len(ids) < 2:
         return {"ratio": ratio, "ci95": None, "prompts": len(ids)}
     draws = torch.randint(len(ids), (rounds, len(ids)), generator=gen)  # (R, G)
-    ratios = a[draws].sum(1) / b[draws].sum(1).clamp_min(1e-12)
+    denominator = b[draws].sum(1)
+    defined = denominator > 0  # a resample of prompts where b made no error has no ratio: left out
+    ratios = a[draws].sum(1)[defined] / denominator[defined]
     low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return {"ratio": ratio, "ci95": [low, high], "prompts": len(ids)}
 

@@ -198,3 +198,8 @@ def test_plp_curve_ratios_to_survival_have_a_prompt_bootstrap_interval(synthetic
     assert got["ratio"] == pytest.approx(5 / 3) and got["prompts"] == 2
     assert got["ci95"][0] == pytest.approx(1.0) and got["ci95"][1] == pytest.approx(3.0)
     assert paired_ratio_ci(a, torch.zeros(3), groups, 10, torch.Generator())["ratio"] is None
+    # a prompt where survival made no error: resamples of only that prompt have no ratio and are left out
+    got = paired_ratio_ci(
+        torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.0]), torch.tensor([1, 2]), 2000, torch.Generator()
+    )
+    assert got["ratio"] == pytest.approx(3.0) and 1.0 <= got["ci95"][0] <= got["ci95"][1] <= 3.0
