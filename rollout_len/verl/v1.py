@@ -97,9 +97,10 @@ def check_v1_config(config, partial: bool = False) -> None:
             "(actor_rollout_ref.rollout.over_sample_rate > 0) need rollout_len's sampler, which submits the prompts "
             f"a step holds beyond data.train_batch_size: set path={PARTIAL_SAMPLER_PATH} and name=PartialReplayBuffer"
         )
-    if config.data.get("gen_batch_size", None) != 1:
+    gen_batch_size = config.data.get("gen_batch_size", None)
+    if not (isinstance(gen_batch_size, int) and not isinstance(gen_batch_size, bool) and gen_batch_size == 1):
         raise ValueError(
-            f"data.gen_batch_size={config.data.get('gen_batch_size', None)!r}: partial steps submit the exact number "
+            f"data.gen_batch_size={gen_batch_size!r}: partial steps submit the exact number "
             "of prompts a step lacks (after a dropped group, one), in fetches of gen_batch_size: set it to 1, as "
             "verl's async trainer modes do"
         )

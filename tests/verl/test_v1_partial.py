@@ -46,6 +46,7 @@ def test_the_documented_partial_lines_pass_the_checks(make_partial_config):
     [
         ("trainer.v1.sampler.custom_sampler.path=null", "trainer.v1.sampler.custom_sampler"),
         ("data.gen_batch_size=null", "data.gen_batch_size"),
+        ("data.gen_batch_size=true", "data.gen_batch_size"),
         ("+trainer.v1.sync.parameter_sync_step=2", "trainer.v1.sync.parameter_sync_step"),
         ("trainer.use_v1=false", "actor_rollout_ref.rollout.over_sample_rate"),
         ("actor_rollout_ref.rollout.over_sample_rate=1.0", "actor_rollout_ref.rollout.over_sample_rate"),
