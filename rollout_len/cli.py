@@ -178,7 +178,7 @@ def _add_forelen(sub) -> None:
     b.add_argument("--model", default="smollm2-135m")
     b.add_argument("--out", required=True)
     b.add_argument("--prompts", metavar="FILE.jsonl", help="your own prompts instead of the scenario's")
-    b.add_argument("--limit", type=int, help="number of prompts")
+    b.add_argument("--limit", type=int, help="number of prompts (>= 3; at most what the prompt source holds)")
     b.add_argument(
         "--quick", action="store_true", help="a few prompts asking for short answers, 128 tokens: the path in minutes"
     )
@@ -266,9 +266,6 @@ def _forelen(args) -> int:
         return 0
     if args.forelen == "build":
         from rollout_len.forelen.build import build
-
-        if args.limit is not None and args.limit < 1:
-            raise ValueError(f"--limit (number of prompts) must be >= 1, got {args.limit}")
 
         try:
             build(

@@ -163,6 +163,11 @@ def _check_numbers(args: dict) -> None:
             raise ValueError(f"{key} (--{key.replace('_', '-')}) must be {what}, got {args[key]}")
 
 
+def _first(order: tuple[str, ...], a: str, b: str) -> str:
+    """Which of rollouts `a` and `b` ran first in `order`."""
+    return a if order.index(a) < order.index(b) else b
+
+
 def _none_or_str(text: str) -> str | None:
     return None if text.lower() in ("", "none", "null") else text
 
@@ -274,6 +279,23 @@ class GRPODemo:
             output = self.rollout.generate_sequences(batch)
         return output, time.perf_counter() - start
 
+    def rollouts(self, order: tuple[str, ...], step: int, batch, launched=None) -> tuple[dict, dict]:
+        """The step's rollouts, one after another in `order` (`rollout_as`; "partial" launches `launched`,
+        the others run `batch`); (outputs, seconds) by name."""
+        outputs, times = {}, {}
+        for which in order:
+            outputs[which], times[which] = self.rollout_as(which, launched if which == "partial" else batch, step)
+        return outputs, times
+
+    def learn_partial(self, data, times: dict, launch: int, order: tuple[str, ...]) -> tuple[dict, list, dict]:
+        """`learn` on a partial step's rows, timed beside the fcfs rollout; (metrics with the partial
+        summary row's demo/* entries, reward details, the step's timing)."""
+        timing = {"gen": times["partial"], "gen_fcfs": times["fcfs"]}
+        metrics, details = self.learn(data, timing)
+        metrics.update({"timing_s/gen_fcfs": times["fcfs"], "demo/launched_groups": launch})
+        metrics["demo/first_rollout"] = _first(order, "partial", "fcfs")
+        return metrics, details, timing
+
     def rewards(self, data):
         """Token-level scores (the reward on each response's last token) and per-row details."""
         from rollout_len.verl.reward import score_batch
@@ -287,9 +309,7 @@ class GRPODemo:
 
         batch = self.sync_batch(step)
         order = ("length_aware", "fcfs") if step % 2 == 0 else ("fcfs", "length_aware")
-        outputs, times = {}, {}
-        for which in order:
-            outputs[which], times[which] = self.rollout_as(which, batch, step)
+        outputs, times = self.rollouts(order, step, batch)
         data = outputs["length_aware"]
         data.non_tensor_batch.update(batch.non_tensor_batch)  # the dataset's fields next to the rollout's, row by row
         timing = {"gen": times["length_aware"], "gen_fcfs": times["fcfs"]}
@@ -310,15 +330,10 @@ class GRPODemo:
 
         batch, (launched, launch) = self.sync_batch(step), self.partial_batch(step)
         order = ROLLOUT_ORDERS[step % len(ROLLOUT_ORDERS)]
-        outputs, times = {}, {}
-        for which in order:
-            outputs[which], times[which] = self.rollout_as(which, launched if which == "partial" else batch, step)
+        outputs, times = self.rollouts(order, step, batch, launched)
         data, aware, blind = outputs["partial"], outputs["length_aware"], outputs["fcfs"]
         aware.non_tensor_batch.update(batch.non_tensor_batch)  # uid: its groups for the replay
-        timing = {"gen": times["partial"], "gen_fcfs": times["fcfs"]}
-        metrics, details = self.learn(data, timing)
-        metrics.update({"timing_s/gen_fcfs": times["fcfs"], "demo/launched_groups": launch})
-        metrics["demo/first_rollout"] = "partial" if order.index("partial") < order.index("fcfs") else "fcfs"
+        metrics, details, timing = self.learn_partial(data, times, launch, order)
         partial = summary_row(step, metrics, data, blind)
         # The synchronous comparison as if length_aware's rollout had been this step's.
         sync_timing = {
@@ -333,8 +348,7 @@ class GRPODemo:
             "response_length/mean": float(lengths.mean()),
             "response_length/clip_ratio": float((lengths >= self.cfg["max_new_tokens"]).float().mean()),
         }
-        first = "length_aware" if order.index("length_aware") < order.index("fcfs") else "fcfs"
-        result = self.comparison(step, aware, blind, sync_metrics, sync_timing, first)
+        result = self.comparison(step, aware, blind, sync_metrics, sync_timing, _first(order, "length_aware", "fcfs"))
         result.update(partial=partial, order=list(order), responses=response_records(data, details))
         result["logged"] = {  # what the wandb run logs: the trained step, the comparison's rollout_len/* beside it
             **metrics,
@@ -420,13 +434,9 @@ class GRPODemo:
 
         (launched, launch), batch = self.partial_batch(step), self.sync_batch(step)
         order = ("partial", "fcfs") if step % 2 == 0 else ("fcfs", "partial")
-        outputs, times = {}, {}
-        for which in order:
-            outputs[which], times[which] = self.rollout_as(which, launched if which == "partial" else batch, step)
+        outputs, times = self.rollouts(order, step, batch, launched)
         data = outputs["partial"]
-        metrics, details = self.learn(data, {"gen": times["partial"], "gen_fcfs": times["fcfs"]})
-        metrics.update({"timing_s/gen_fcfs": times["fcfs"], "demo/launched_groups": launch})
-        metrics["demo/first_rollout"] = order[0]
+        metrics, details, _ = self.learn_partial(data, times, launch, order)
         return {
             "metrics": metrics,
             "row": summary_row(step, metrics, data, outputs["fcfs"]),

@@ -386,7 +386,7 @@ def _partial_table(rows: list[dict]) -> str:
         "dropped",
         "reward",
     ]
-    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    body = []
     for r in rows:
         cells = [
             str(r["step"]),
@@ -400,8 +400,8 @@ def _partial_table(rows: list[dict]) -> str:
             str(r.get("dropped_groups", "-")),
             f"{r['reward_mean']:.3f}",
         ]
-        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return "\n".join(lines + ["</table>"])
+        body.append(cells)
+    return _table(header, body)
 
 
 def _step_table(rows: list[dict]) -> str:
@@ -417,7 +417,7 @@ def _step_table(rows: list[dict]) -> str:
         "PLP MAE",
         "survival MAE",
     ]
-    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    body = []
     for r in rows:
         mae = "-" if r["predictor_mae"] is None else f"{r['predictor_mae']:.1f}"
         survival = "-" if r.get("survival_mae") is None else f"{r['survival_mae']:.1f}"
@@ -433,7 +433,14 @@ def _step_table(rows: list[dict]) -> str:
             mae,
             survival,
         ]
-        lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        body.append(cells)
+    return _table(header, body)
+
+
+def _table(header: list[str], body: list[list[str]]) -> str:
+    """An HTML table: the header row, then one row of cells per entry of `body`."""
+    lines = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
+    lines += ["<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body]
     return "\n".join(lines + ["</table>"])
 
 
