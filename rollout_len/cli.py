@@ -17,6 +17,7 @@ rollout-len forelen eval --head heads/rl --data data/forelen/longseq --methods p
 rollout-len bench soak --steps 100 --json soak.json
 rollout-len forelen attribution --data data/forelen/rl --json attribution.json --png attribution.png
 rollout-len forelen ablate --data data/forelen/longseq --json ablate.json --md ablate.md
+rollout-len forelen drift --data data/forelen/rl --shifted data/forelen/rl-t1.0 --json drift.json
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens; 1 is off")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -183,6 +185,9 @@ def _add_forelen(sub) -> None:
         "--quick", action="store_true", help="a few prompts asking for short answers, 128 tokens: the path in minutes"
     )
     b.add_argument("--every", type=int, default=16, help="PLP checkpoint interval k (tokens)")
+    b.add_argument(
+        "--temperature", type=float, help="sample at this temperature instead of the scenario's (drift studies)"
+    )
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--max-batch-size", type=int, default=64)
     b.add_argument(
@@ -216,6 +221,13 @@ def _add_forelen(sub) -> None:
     c.add_argument("--data", required=True)
     c.add_argument("--json", metavar="OUT")
     c.add_argument("--png", metavar="OUT")
+    d = fl.add_parser(
+        "drift", help="a PLP head fit on one build, streamed over a shifted one: frozen vs re-fit online, vs survival"
+    )
+    d.add_argument("--data", required=True, help="the build the head is fit on (its train split)")
+    d.add_argument("--shifted", required=True, help="a build at other settings (e.g. --temperature), streamed")
+    d.add_argument("--prompts-per-step", type=int, default=8, help="prompts (with all their samples) per step")
+    d.add_argument("--json", metavar="OUT")
     a = fl.add_parser("attribution", help="per-token importance ||dL/dh_t|| against token entropy (Pearson r, scatter)")
     a.add_argument("--data", required=True)
     a.add_argument("--layer", type=int, help="decoder layer of h_t, below the last (default: half depth)")
@@ -277,6 +289,7 @@ def _forelen(args) -> int:
                 quick=args.quick,
                 seed=args.seed,
                 every=args.every,
+                temperature=args.temperature,
                 max_batch_size=args.max_batch_size,
                 shard_prompts=args.shard_prompts,
             )
@@ -317,6 +330,11 @@ def _forelen(args) -> int:
 
             plot_attribution(result, args.png)
         payload = {k: v for k, v in result.items() if k not in ("importance", "entropy")}
+    elif args.forelen == "drift":
+        from rollout_len.forelen.drift import drift, format_drift
+
+        payload = drift(args.data, args.shifted, prompts_per_step=args.prompts_per_step)
+        print(format_drift(payload))
     elif args.forelen == "eval":
         methods = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",")]
         results = evaluate_methods(args.data, methods, layer=args.layer, encoder=args.encoder, head=args.head)
@@ -359,7 +377,11 @@ def _generate(args) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     # Validate everything cheap before the model loads.
     params = SamplingParams(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        repetition_penalty=args.repetition_penalty,
     )
     if args.prompts:
         prompts = read_prompts_jsonl(args.prompts)

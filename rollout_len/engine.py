@@ -393,6 +393,11 @@ class DecodeEngine:
             [p.top_k for p in params],
             [r.generator for r in rows],
             sample_ids=[r.sample.sample_id for r in rows],
+            repetition_penalties=[p.repetition_penalty for p in params],
+            seen=[
+                r.sample.prompt_ids + r.sample.output_ids if p.repetition_penalty != 1.0 else []
+                for r, p in zip(rows, params)
+            ],
         )
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         for record, token, logprob in zip(rows, tokens, logprobs):

@@ -52,6 +52,7 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop_ids: tuple[int, ...] | None = None  # None: the policy's stop ids
     ignore_stop: bool = False  # generate exactly max_new_tokens (benchmarks that fix lengths)
+    repetition_penalty: float = 1.0  # > 0; 1 is off (rollout_len.sampling.apply_repetition_penalty)
 
     def __post_init__(self) -> None:
         def number(x) -> bool:  # numpy scalars too; ints too large for a float are refused
@@ -79,11 +80,16 @@ class SamplingParams:
             raise ValueError(f"stop_ids must be None or a tuple of token ids >= 0, got {self.stop_ids!r}")
         if not isinstance(self.ignore_stop, bool):
             raise ValueError(f"ignore_stop must be true or false, got {self.ignore_stop!r}")
+        if not number(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise ValueError(
+                f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty!r}"
+            )
         # Plain Python numbers from here on (numpy scalars or huge ints would reach torch otherwise).
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
         object.__setattr__(self, "top_k", int(self.top_k))
         object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+        object.__setattr__(self, "repetition_penalty", float(self.repetition_penalty))
         if self.stop_ids is not None:
             object.__setattr__(self, "stop_ids", tuple(int(t) for t in self.stop_ids))
 

@@ -9,6 +9,10 @@ and reports the log-prob of the untempered distribution (temperature 1), the con
 temperature 0. At or above it, tempered logits are formed as (logits - row max) / T, so the argmax
 sits at exactly 0 and no finite logit overflows: every sampled token has a finite log-prob. Logits
 that are NaN or infinite raise `ValueError` naming the rows (sample ids where the caller gives them).
+
+Filters (top-p, top-k) and the repetition penalty shape the distribution a token is drawn from; the
+log-prob reported is the policy's own (temperature-scaled, unfiltered, unpenalized), the quantity a
+trainer recomputes.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ import torch
 
 from rollout_len.sample import Sample, sample_seed
 
-__all__ = ["GREEDY_TEMPERATURE", "check_finite", "is_greedy", "make_generator", "sample_next"]
+__all__ = [
+    "GREEDY_TEMPERATURE",
+    "apply_repetition_penalty",
+    "check_finite",
+    "is_greedy",
+    "make_generator",
+    "sample_next",
+]
 
 # Temperatures below this are greedy (as vLLM's _SAMPLING_EPS). At T = 1e-5 a logit gap of 1e-3 already
 # scales the runner-up's probability to exp(-100) ~ 4e-44, at float32's subnormal floor: below it the
@@ -56,6 +67,27 @@ def check_finite(logits: torch.Tensor, sample_ids: list[str] | None = None) -> N
     )
 
 
+def apply_repetition_penalty(logits: torch.Tensor, penalties: list[float], seen: list[list[int]]) -> torch.Tensor:
+    """Logits with each row's seen tokens penalized: a positive logit is divided by the row's penalty,
+    a negative one multiplied (CTRL, Keskar et al. 2019; the rule HF transformers and vLLM apply to
+    prompt + generated tokens). A penalty above 1 discourages repeats; 1 leaves the row alone.
+
+    Args:
+        logits: (B, V) float. Not modified; a copy is returned when any row is penalized.
+        penalties: (B,) floats > 0.
+        seen: B lists of token ids (prompt + generated), each id in [0, V).
+    """
+    rows = [i for i, p in enumerate(penalties) if p != 1.0 and seen[i]]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for row in rows:
+        index = torch.tensor(sorted(set(seen[row])), device=logits.device)
+        picked = logits[row, index]
+        logits[row, index] = torch.where(picked > 0, picked / penalties[row], picked * penalties[row])
+    return logits
+
+
 def _filter_row(logp: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
     """Log-probs with tokens outside top-k / the top-p nucleus set to -inf.  (V,) -> (V,)"""
     if top_k > 0 and top_k < logp.shape[-1]:
@@ -78,6 +110,8 @@ def sample_next(
     top_ks: list[int],
     generators: list[torch.Generator],
     sample_ids: list[str] | None = None,
+    repetition_penalties: list[float] | None = None,
+    seen: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one token per row.
 
@@ -86,10 +120,12 @@ def sample_next(
         temperatures, top_ps, top_ks, generators: one per row; a temperature below `GREEDY_TEMPERATURE`
             (0 included) means greedy.
         sample_ids: one per row, to name the samples in errors (rows are numbered otherwise).
+        repetition_penalties, seen: one per row, for `apply_repetition_penalty` (None: no penalty). The
+            draw (and a greedy row's argmax) uses the penalized logits.
 
     Returns:
-        tokens (B,) int64 and their log-probs (B,) float32, finite, under the temperature-scaled, unfiltered
-        distribution (raw logits for greedy rows): the quantity a PPO ratio is taken against.
+        tokens (B,) int64 and their log-probs (B,) float32, finite, under the temperature-scaled, unfiltered,
+        unpenalized distribution (raw logits for greedy rows): the quantity a PPO ratio is taken against.
 
     Raises:
         ValueError: some row's logits hold NaN or inf (nothing is drawn from any generator then).
@@ -103,11 +139,17 @@ def sample_next(
     # Shifted by the row max: the argmax is exactly 0 after scaling, nothing finite overflows to +inf.
     shifted = logits - logits.max(dim=-1, keepdim=True).values  # (B, V), <= 0
     logp = torch.log_softmax(shifted / scale[:, None], dim=-1)  # (B, V)
+    drawn, draw_logp = logits, logp  # what tokens are drawn from
+    if repetition_penalties is not None:
+        drawn = apply_repetition_penalty(logits, repetition_penalties, seen)
+        if drawn is not logits:
+            shifted = drawn - drawn.max(dim=-1, keepdim=True).values
+            draw_logp = torch.log_softmax(shifted / scale[:, None], dim=-1)
     for row in range(num_rows):
         if greedy[row]:
-            tokens[row] = int(torch.argmax(logits[row]))
+            tokens[row] = int(torch.argmax(drawn[row]))
             continue
-        row_logp = _filter_row(logp[row], top_ps[row], top_ks[row])
+        row_logp = _filter_row(draw_logp[row], top_ps[row], top_ks[row])
         cdf = torch.cumsum(row_logp.exp(), 0)  # (V,)
         u = torch.rand(1, generator=generators[row]).item() * float(cdf[-1])
         index = int(torch.searchsorted(cdf, torch.tensor([u], device=cdf.device), right=True))

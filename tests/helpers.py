@@ -33,7 +33,7 @@ def make_samples(prompts: list[list[int]], prefix: str = "s", seed: int = 0, **p
     return [Sample(f"{prefix}{i}", list(p), sampling, seed=seed) for i, p in enumerate(prompts)]
 
 
-def hf_greedy(policy: Policy, prompt: list[int], max_new_tokens: int) -> list[int]:
+def hf_greedy(policy: Policy, prompt: list[int], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[int]:
     """Greedy continuation from transformers' own `generate`, the reference."""
     ids = torch.tensor([prompt])
     with torch.inference_mode():
@@ -43,6 +43,7 @@ def hf_greedy(policy: Policy, prompt: list[int], max_new_tokens: int) -> list[in
             max_new_tokens=max_new_tokens,
             eos_token_id=None,
             do_sample=False,
+            repetition_penalty=repetition_penalty,
             pad_token_id=0,  # no stop: compare all tokens
         )
     return out[0, len(prompt) :].tolist()

@@ -19,6 +19,19 @@ def test_greedy_matches_hf_generate(arch, batch):
         assert sample.status == SampleStatus.FINISHED_LENGTH
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_repetition_penalty_matches_hf_generate(arch):
+    """Greedy decoding with a repetition penalty takes the tokens transformers' own penalty takes
+    (prompt + generated ids penalized), and the penalty changes them."""
+    policy = tiny(arch)
+    prompts = mixed_prompts(4, seed=2)
+    samples = make_samples(prompts, temperature=0.0, max_new_tokens=24, ignore_stop=True, repetition_penalty=1.5)
+    DecodeEngine(policy, EngineConfig(max_batch_size=4)).run(samples)
+    for sample, prompt in zip(samples, prompts):
+        assert sample.output_ids == hf_greedy(policy, prompt, 24, repetition_penalty=1.5)
+    assert any(s.output_ids != hf_greedy(policy, p, 24) for s, p in zip(samples, prompts))
+
+
 @pytest.mark.embedded
 def test_greedy_matches_hf_generate_embedded():
     policy = embedded()

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from rollout_len.sampling import sample_next
+from rollout_len.sample import SamplingParams
+from rollout_len.sampling import apply_repetition_penalty, sample_next
 
 
 def _gens(n, seed=0):
@@ -42,3 +43,28 @@ def test_logprob_is_of_the_tempered_unfiltered_distribution():
     tokens, logp = sample_next(logits, [2.0], [0.5], [0], _gens(1))
     assert tokens.item() == 0
     assert logp.item() == pytest.approx(torch.log_softmax(logits / 2.0, -1)[0, 0].item())
+
+
+def test_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits():
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5], [2.0, -1.0, 3.0, 0.5]])
+    out = apply_repetition_penalty(logits, [2.0, 1.0], [[0, 1, 1], [0, 1]])
+    torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 3.0, 0.5], [2.0, -1.0, 3.0, 0.5]]))
+    assert logits[0, 0] == 2.0  # the input is left alone
+
+
+def test_repetition_penalty_steers_the_draw_but_not_the_reported_logprob():
+    logits = torch.tensor([[3.0, 2.0, 0.0]])
+    tokens, logp = sample_next(logits, [0.0], [1.0], [0], _gens(1), repetition_penalties=[2.0], seen=[[0]])
+    assert tokens.item() == 1  # 3 / 2 < 2: the seen argmax loses
+    assert logp.item() == pytest.approx(torch.log_softmax(logits, -1)[0, 1].item())
+    counts = torch.zeros(3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3000):
+        counts[sample_next(logits, [1.0], [1.0], [0], [g], repetition_penalties=[2.0], seen=[[0]])[0]] += 1
+    torch.testing.assert_close(counts / 3000, torch.softmax(torch.tensor([1.5, 2.0, 0.0]), -1), atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "1.2", True])
+def test_repetition_penalty_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=bad)

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -184,6 +185,7 @@ def build(
     plp_layer: int = -1,
     max_batch_size: int = 64,
     shard_prompts: int = 16,
+    temperature: float | None = None,
 ) -> dict:
     """Build (or resume building) a dataset in `out_dir`; returns its card (dataset.py).
 
@@ -192,7 +194,8 @@ def build(
     again with the same settings (`out_dir/shards/plan.json` holds them; different settings are a
     ValueError naming what differs). When every shard is there, the dataset files are written and
     the shards removed; running again on a finished build returns its card. `limit`: the number of
-    prompts (>= 3; a source with fewer is a ValueError, not a smaller build).
+    prompts (>= 3; a source with fewer is a ValueError, not a smaller build). `temperature`: sample at
+    this temperature instead of the scenario's (the drift study, forelen/drift.py); the card records it.
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; valid: {sorted(SCENARIOS)}")
@@ -215,6 +218,8 @@ def build(
             "a build writes card.json, data.safetensors and prompts.jsonl there: choose an empty or new folder"
         )
     spec = SCENARIOS[scenario]
+    if temperature is not None:
+        spec = replace(spec, temperature=SamplingParams(temperature=temperature).temperature)  # checked there
     count = limit if limit is not None else (spec.quick_prompts if quick else spec.num_prompts)
     if count < 3:
         raise ValueError(f"limit (number of prompts) must be >= 3 (train, val and test each get one), got {count}")
@@ -234,7 +239,9 @@ def build(
     if too_long:
         raise ValueError(f"prompts {too_long[:5]} do not fit the model's context of {policy.context_length} tokens")
     split = split_prompts(len(texts), seed)
-    sampling = {"n": spec.n, "temperature": spec.temperature, "top_p": 1.0, "max_new_tokens": max_new}
+    sampling = {"n": spec.n, "temperature": spec.temperature, "top_p": spec.top_p, "max_new_tokens": max_new}
+    if spec.repetition_penalty != 1.0:  # only where used, so builds made before the key still resume
+        sampling["repetition_penalty"] = spec.repetition_penalty
     fields = {
         "scenario": scenario,
         "model": model,
@@ -284,7 +291,12 @@ def build(
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"seconds": f"{seconds:.3f}"})
         os.replace(tmp, path)  # a shard file is whole or absent
 
-    params = SamplingParams(temperature=spec.temperature, max_new_tokens=max_new)
+    params = SamplingParams(
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_new_tokens=max_new,
+        repetition_penalty=spec.repetition_penalty,
+    )
     _generate(policy, prompt_ids, todo, spec.n, params, seed, layers, plp_layer, every, max_batch_size, save_shard)
     tensors, timings = _assemble(shards, ranges)
     seconds = sum(row["seconds"] for row in timings)

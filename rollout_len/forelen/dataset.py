@@ -10,7 +10,7 @@ the j-th sample of prompt p), C PLP checkpoints, d the policy's hidden size.
 card.json
     scenario, model, layers (the decoder layers of the prompt features), plp_layer, every (k, the PLP
     checkpoint interval in tokens), seed, quick,
-    sampling {n, temperature, top_p, max_new_tokens},
+    sampling {n, temperature, top_p, max_new_tokens[, repetition_penalty where not 1]},
     counts {prompts, samples, checkpoints, train_prompts, val_prompts, test_prompts},
     lengths {mean, median, max, capped_fraction}, hidden_size, num_layers (the model's decoder layers;
     absent from older builds), build_time_s (generation seconds, summed over the runs of a resumed

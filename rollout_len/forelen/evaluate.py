@@ -42,7 +42,7 @@ from rollout_len.predictor.head import check_card
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.predictor.train import FitConfig, evaluate, fit_head
 
-__all__ = ["evaluate_methods", "plp_curve", "prompt_only_scores", "format_table", "METHODS", "CURVE_METHODS"]
+__all__ = ["evaluate_methods", "fit_plp", "plp_curve", "prompt_only_scores", "format_table", "METHODS", "CURVE_METHODS"]
 
 FLOORS = ("constant", "survival", "survival_group")  # no model: what every predictor must beat
 PLP_METHODS = ("plp", "plp_raw", "plp_mean", "plp_pca")  # the PLP head and its ablations
@@ -65,7 +65,7 @@ def _fit_and_test(x, y, split, config: FitConfig):
     return head, head.predict(x[test])[0], y[test]  # the point prediction (config.point)
 
 
-def _fit_plp(data: ForeLenData, config: FitConfig):
+def fit_plp(data: ForeLenData, config: FitConfig):
     """A PLP head fit on the train checkpoints' remaining lengths (epoch chosen on val)."""
     return _fit(plp_examples(data), data.ckpt_remaining, data.ckpt_split, config)
 
@@ -98,7 +98,7 @@ def _plp_config(method: str, config: FitConfig) -> FitConfig:
 
 def _plp(data: ForeLenData, config: FitConfig) -> dict:
     """`plp_scores` on the test split of a PLP head fit on the train checkpoints (epoch chosen on val)."""
-    return plp_scores(_fit_plp(data, config), data, TEST)
+    return plp_scores(fit_plp(data, config), data, TEST)
 
 
 def _method(data: ForeLenData, method: str, layer: int, config: FitConfig) -> dict:
@@ -176,7 +176,7 @@ def plp_curve(folder: str, config: FitConfig | None = None, rounds: int = 2000) 
     rows, errors = {}, {}
     for m in CURVE_METHODS:
         if m in PLP_METHODS:
-            idx, pred, q90 = plp_predictions(_fit_plp(data, _plp_config(m, config)), data, TEST)
+            idx, pred, q90 = plp_predictions(fit_plp(data, _plp_config(m, config)), data, TEST)
             rows[m] = remaining_metrics(pred, data, idx, q90)
         else:
             baseline = BASELINES[m]()

@@ -173,7 +173,9 @@ _TABLE = [
     Setting(
         "repetition_penalty",
         REFUSED,
-        "rollout_len's sampler has no repetition penalty (verl 0.9.1's agent loop sends 1.0 as well)",
+        "verl 0.9.1's agent loop sends its engines 1.0 whatever this key says, so a trainer config's value "
+        "has no meaning there; other values are refused rather than honoured differently from verl "
+        "(rollout_len's own commands take SamplingParams.repetition_penalty)",
         accepted=(1.0,),
     ),
     Setting(

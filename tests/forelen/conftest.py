@@ -15,16 +15,19 @@ def tiny_rl(tmp_path_factory):
     return out
 
 
-def synthetic_dataset(folder, model="tiny-llama", hidden_size=64, layer=2, num_layers=2, prompts=24, n=4, seed=0):
+def synthetic_dataset(
+    folder, model="tiny-llama", hidden_size=64, layer=2, num_layers=2, prompts=24, n=4, seed=0, offset=0
+):
     """A ForeLen-lite dataset in the build's format, written in milliseconds: random prompt features,
     lengths that grow with the first feature, PLP checkpoints every 8 tokens under a budget of 64. Its
-    card names a tiny random model, so heads trained on it fit that model's rollout workers."""
+    card names a tiny random model, so heads trained on it fit that model's rollout workers. `offset`
+    shifts every length by that many tokens (a drifted policy)."""
     g = torch.Generator().manual_seed(seed)
     budget, every = 64, 8
     feature = torch.randn(prompts, hidden_size, generator=g)  # (P, d)
     sample_prompt = torch.arange(prompts).repeat_interleave(n)  # (S,)
     noise = torch.randint(-4, 5, (len(sample_prompt),), generator=g)
-    lengths = (30 + 14 * feature[sample_prompt, 0] + noise).round().clamp(1, budget).long()
+    lengths = (30 + offset + 14 * feature[sample_prompt, 0] + noise).round().clamp(1, budget).long()
     ckpt = [(s, t) for s, length in enumerate(lengths.tolist()) for t in checkpoint_steps(length, every)]
     ckpt_sample, ckpt_t = (torch.tensor(c) for c in zip(*ckpt))
     pool = torch.randn(len(ckpt_t), hidden_size, generator=g) * (ckpt_t > 1)[:, None]  # zeros before t = 2

@@ -279,3 +279,34 @@ def test_a_limit_beyond_the_prompts_is_refused_not_cut(tmp_path):
     with pytest.raises(ValueError, match=r"must be >= 3 .*got 0"):
         build("rl", tmp_path / "out", model="tiny-llama", prompts_file=str(prompts), limit=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_build_samples_with_its_scenarios_settings_and_records_them(tmp_path, monkeypatch):
+    """longseq samples with top-p and a repetition penalty (scenarios.py says why); the engine gets
+    both, and the plan a resumed build must match records them."""
+    import rollout_len.forelen.build as build_module
+
+    seen = []
+
+    def stop(policy, prompt_ids, todo, n, params, *rest):
+        seen.append(params)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "_generate", stop)
+    with pytest.raises(KeyboardInterrupt):
+        build("longseq", tmp_path / "ls", model="tiny-llama", quick=True, limit=3)
+    spec = SCENARIOS["longseq"]
+    assert (seen[0].top_p, seen[0].repetition_penalty) == (spec.top_p, spec.repetition_penalty) == (0.9, 1.1)
+    plan = json.loads((tmp_path / "ls" / "shards" / "plan.json").read_text())
+    assert plan["sampling"] == {
+        "n": 1,
+        "temperature": 0.8,
+        "top_p": 0.9,
+        "max_new_tokens": spec.quick_max_new_tokens,
+        "repetition_penalty": 1.1,
+    }
+    # --temperature replaces the scenario's (the drift study) and is part of the plan.
+    with pytest.raises(KeyboardInterrupt):
+        build("rl", tmp_path / "hot", model="tiny-llama", quick=True, limit=3, temperature=1.0)
+    assert seen[1].temperature == 1.0 != SCENARIOS["rl"].temperature
+    assert json.loads((tmp_path / "hot" / "shards" / "plan.json").read_text())["sampling"]["temperature"] == 1.0
