@@ -128,7 +128,8 @@ def sample_next(
         unpenalized distribution (raw logits for greedy rows): the quantity a PPO ratio is taken against.
 
     Raises:
-        ValueError: some row's logits hold NaN or inf (nothing is drawn from any generator then).
+        ValueError: some row's logits hold NaN or inf, before or after its repetition penalty (nothing is
+            drawn from any generator then).
     """
     logits = logits.float()
     check_finite(logits, sample_ids)
@@ -143,6 +144,10 @@ def sample_next(
     if repetition_penalties is not None:
         drawn = apply_repetition_penalty(logits, repetition_penalties, seen)
         if drawn is not logits:
+            try:  # a penalty far below 1 divides a logit past float32's range
+                check_finite(drawn, sample_ids)
+            except ValueError as err:
+                raise ValueError(f"after the repetition penalty: {err}") from None
             shifted = drawn - drawn.max(dim=-1, keepdim=True).values
             draw_logp = torch.log_softmax(shifted / scale[:, None], dim=-1)
     for row in range(num_rows):

@@ -64,6 +64,13 @@ def test_repetition_penalty_steers_the_draw_but_not_the_reported_logprob():
     torch.testing.assert_close(counts / 3000, torch.softmax(torch.tensor([1.5, 2.0, 0.0]), -1), atol=0.03, rtol=0)
 
 
+def test_a_penalty_that_overflows_the_logits_is_an_error_naming_the_sample():
+    logits = torch.tensor([[30.0, 1.0, -2.0]])
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="after the repetition penalty.*s7"):
+            sample_next(logits, [temperature], [1.0], [0], _gens(1), ["s7"], repetition_penalties=[1e-40], seen=[[0]])
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), "1.2", True])
 def test_repetition_penalty_must_be_a_positive_number(bad):
     with pytest.raises(ValueError, match="repetition_penalty"):

@@ -166,6 +166,25 @@ def _generate(
             bar.update(len(out.finished))
 
 
+def _differences(plan: dict, before: dict) -> str:
+    """What differs between a build's plan and the one in its folder, one level into dicts:
+    'sampling.temperature: 1.0 here, 0.7 there; every: 8 here, 16 there' ('' when nothing does)."""
+    parts = []
+    for key in sorted(plan.keys() | before.keys()):
+        ours, theirs = plan.get(key), before.get(key)
+        if ours == theirs:
+            continue
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            for sub in sorted(ours.keys() | theirs.keys()):
+                if ours.get(sub) != theirs.get(sub):
+                    parts.append(f"{key}.{sub}: {ours.get(sub)} here, {theirs.get(sub)} there")
+        elif key == "prompts_sha256":
+            parts.append("the prompts differ")
+        else:
+            parts.append(f"{key}: {ours} here, {theirs} there")
+    return "; ".join(parts)
+
+
 def _plan(card_fields: dict, texts: list) -> dict:
     """What a build folder's shards were made with; a resumed build must match it exactly."""
     digest = hashlib.sha256(json.dumps(texts).encode()).hexdigest()
@@ -258,22 +277,19 @@ def build(
     if card_path.is_file() and not shards.exists():
         card = json.loads(card_path.read_text())
         before = card.get("plan") or {}
-        differ = sorted(k for k in plan.keys() | before.keys() if plan.get(k) != before.get(k))
+        differ = _differences(plan, before)
         if differ:
-            raise ValueError(
-                f"{out_dir} already holds a different finished dataset ({', '.join(differ)} differ); "
-                "choose another --out"
-            )
+            raise ValueError(f"{out_dir} already holds a different finished dataset ({differ}); choose another --out")
         print(f"[forelen] {out_dir} is already built ({card['counts']['samples']} samples); nothing to do")
         return card
     shards.mkdir(parents=True, exist_ok=True)
     plan_path = shards / "plan.json"
     if plan_path.is_file():
         before = json.loads(plan_path.read_text())
-        differ = sorted(k for k in plan.keys() | before.keys() if plan.get(k) != before.get(k))
+        differ = _differences(plan, before)
         if differ:
             raise ValueError(
-                f"{out_dir} holds shards of a build with other settings ({', '.join(differ)} differ); "
+                f"{out_dir} holds shards of a build with other settings ({differ}); "
                 "resume with the same settings, or choose another --out"
             )
     else:

@@ -78,9 +78,7 @@ def _run(head, source: ForeLenData, data: ForeLenData, prompts: torch.Tensor, pr
         trainer.refit()
         seen = torch.cat([seen, data.lengths[samples]]) if i > 0 else data.lengths[samples]
     result = {"steps": steps}
-    if not rows_after_first:
-        return result
-    rows = torch.cat(rows_after_first)
+    rows = torch.cat(rows_after_first)  # drift() made sure there are two steps or more
     prompt, t = data.sample_prompt[data.ckpt_sample[rows]], data.ckpt_t[rows]
     err = {m: torch.cat(e) for m, e in errors.items()}
     gen = torch.Generator().manual_seed(0)
@@ -103,12 +101,22 @@ def drift(
     method's {"mae", "n"} and "ratios" {"a/b": paired_ratio_ci}}.
 
     ValueError when the two builds differ in model, PLP layer or hidden size (the head could not read
-    the shifted features), when `prompts_per_step` < 1, or when `source` cannot be fit."""
+    the shifted features), when `prompts_per_step` < 1 or leaves a stream a single step, or when
+    `source` cannot be fit."""
     if not isinstance(prompts_per_step, int) or prompts_per_step < 1:
         raise ValueError(f"--prompts-per-step must be an int >= 1, got {prompts_per_step!r}")
     a = ForeLenData(*load_dataset(source), source)
     b = ForeLenData(*load_dataset(shifted), shifted)
     check_card(dataset_identity(a.card), dataset_identity(b.card), f"--shifted {shifted}")
+    streams = {"shifted_run": torch.arange(len(b.prompt_split)), "control": torch.nonzero(a.prompt_split == TEST)[:, 0]}
+    for run, prompts in streams.items():  # the pooled figures leave the first step out: two are needed
+        if len(prompts) <= prompts_per_step:
+            raise ValueError(
+                f"--prompts-per-step {prompts_per_step} makes the {run} stream ({len(prompts)} prompts) a single "
+                "step, and the first step is left out of the pooled figures: use at most "
+                f"{max(len(prompts) - 1, 1)}"
+                + (" (the control streams --data's test prompts)" if run == "control" else "")
+            )
     head = fit_plp(a, config or FitConfig())
 
     def summary(d: ForeLenData) -> dict:
@@ -118,14 +126,18 @@ def drift(
         "source": summary(a),
         "shifted": summary(b),
         "prompts_per_step": prompts_per_step,
-        "shifted_run": _run(head, a, b, torch.arange(len(b.prompt_split)), prompts_per_step, rounds),
-        "control": _run(head, a, a, torch.nonzero(a.prompt_split == TEST)[:, 0], prompts_per_step, rounds),
+        "shifted_run": _run(head, a, b, streams["shifted_run"], prompts_per_step, rounds),
+        "control": _run(head, a, a, streams["control"], prompts_per_step, rounds),
     }
 
 
 def format_drift(result: dict) -> str:
     """The pooled table of both runs: each method's MAE, then the ratios with their intervals."""
-    lines = [f"{'run':<12} {'at':<10} " + " ".join(f"{m:>15}" for m in DRIFT_METHODS)]
+    lines = [
+        "remaining-length MAE (tokens), pooled over the steps after the first; a/b below 1: a is better "
+        "(95% interval over prompts); control: --data's own test prompts, no drift",
+    ]
+    lines += [f"{'run':<12} {'at':<10} " + " ".join(f"{m:>15}" for m in DRIFT_METHODS)]
     for run in ("shifted_run", "control"):
         for at in ("admission", "in_flight"):
             if at not in result[run]:

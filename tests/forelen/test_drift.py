@@ -42,14 +42,19 @@ def test_bad_inputs_are_refused_naming_them(builds, make_synthetic, tmp_path):
         drift(str(source), str(other))
     with pytest.raises(ValueError, match="prompts-per-step"):
         drift(str(source), str(source), prompts_per_step=0)
+    # One step has nothing after the first to pool: refused before the fit, naming the stream.
+    with pytest.raises(ValueError, match="shifted_run stream .48 prompts. a single step"):
+        drift(str(source), str(source), prompts_per_step=48)
+    with pytest.raises(ValueError, match="control stream"):
+        drift(str(source), str(source), prompts_per_step=20)
 
 
 def test_cli_prints_the_table_and_writes_json(builds, tmp_path, capsys):
     source, shifted = builds
     out = tmp_path / "drift.json"
-    args = ["forelen", "drift", "--data", str(source), "--shifted", str(shifted), "--prompts-per-step", "12"]
+    args = ["forelen", "drift", "--data", str(source), "--shifted", str(shifted), "--prompts-per-step", "6"]
     assert main([*args, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "refit/frozen" in printed and "shifted_run" in printed
     saved = json.loads(out.read_text())
-    assert saved["prompts_per_step"] == 12 and len(saved["shifted_run"]["steps"]) == 4
+    assert saved["prompts_per_step"] == 6 and len(saved["shifted_run"]["steps"]) == 8

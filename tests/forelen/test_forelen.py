@@ -97,7 +97,7 @@ def test_an_interrupted_build_resumes_at_the_first_missing_shard(tmp_path, monke
         build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3)
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.safetensors", "plan.json"]
     monkeypatch.undo()
-    with pytest.raises(ValueError, match="every differ"):
+    with pytest.raises(ValueError, match="every: 4 here, 8 there"):
         build("rl", out, model="tiny-llama", quick=True, every=4, max_batch_size=16, shard_prompts=3)
     card = build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3)
     assert not (out / "shards").exists() and card["counts"] == whole["counts"]
@@ -115,6 +115,8 @@ def test_an_interrupted_build_resumes_at_the_first_missing_shard(tmp_path, monke
     assert build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3) == card
     with pytest.raises(ValueError, match="different finished dataset"):
         build("rl", out, model="tiny-llama", quick=True, every=4, max_batch_size=16, shard_prompts=3)
+    with pytest.raises(ValueError, match=r"sampling.temperature: 1.3 here, 0.7 there"):
+        build("rl", out, model="tiny-llama", quick=True, every=8, max_batch_size=16, shard_prompts=3, temperature=1.3)
 
 
 def test_quick_prompts_ask_for_short_answers():
