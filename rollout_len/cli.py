@@ -23,6 +23,7 @@ rollout-len forelen drift --data data/forelen/rl --shifted data/forelen/rl-t1.0 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -421,7 +422,8 @@ def _generate(args) -> int:
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "completions": records}, f, indent=2)
+            settings = {"model": args.model, "seed": args.seed, "sampling": dataclasses.asdict(params)}
+            json.dump({**settings, "completions": records}, f, indent=2)  # what reproduces the run
     return 0
 
 

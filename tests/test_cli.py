@@ -23,12 +23,17 @@ def test_generate_with_a_tiny_model_writes_json(tmp_path, capsys):
             "2",
             "--max-new-tokens",
             "5",
+            "--repetition-penalty",
+            "1.2",
             "--json",
             str(out),
         ]
     )
     assert rc == 0
-    records = json.loads(out.read_text())["completions"]
+    saved = json.loads(out.read_text())
+    assert saved["seed"] == 0 and saved["sampling"]["repetition_penalty"] == 1.2
+    assert saved["sampling"]["max_new_tokens"] == 5
+    records = saved["completions"]
     assert [r["group_id"] for r in records] == ["p0", "p0", "p1", "p1"]
     assert all(1 <= r["length"] <= 5 and r["finish_reason"] in ("stop", "length") for r in records)
     assert "4 completions" in capsys.readouterr().out

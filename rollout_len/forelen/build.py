@@ -36,6 +36,7 @@ from rollout_len.predictor.features import prompt_features
 from rollout_len.predictor.plp import PLPTracker, is_checkpoint
 from rollout_len.predictor.pooling import POOLINGS
 from rollout_len.sample import Sample, SamplingParams
+from rollout_len.sampling import is_greedy
 
 __all__ = ["build", "SPLITS"]
 
@@ -239,6 +240,11 @@ def build(
     spec = SCENARIOS[scenario]
     if temperature is not None:
         spec = replace(spec, temperature=SamplingParams(temperature=temperature).temperature)  # checked there
+        if is_greedy(spec.temperature) and spec.n > 1:
+            raise ValueError(
+                f"--temperature {temperature} is greedy: the {spec.n} samples of each {scenario} prompt would be "
+                "identical; use a temperature > 0"
+            )
     count = limit if limit is not None else (spec.quick_prompts if quick else spec.num_prompts)
     if count < 3:
         raise ValueError(f"limit (number of prompts) must be >= 3 (train, val and test each get one), got {count}")

@@ -312,3 +312,5 @@ def test_a_build_samples_with_its_scenarios_settings_and_records_them(tmp_path, 
         build("rl", tmp_path / "hot", model="tiny-llama", quick=True, limit=3, temperature=1.0)
     assert seen[1].temperature == 1.0 != SCENARIOS["rl"].temperature
     assert json.loads((tmp_path / "hot" / "shards" / "plan.json").read_text())["sampling"]["temperature"] == 1.0
+    with pytest.raises(ValueError, match="greedy: the 8 samples of each rl prompt would be identical"):
+        build("rl", tmp_path / "cold", model="tiny-llama", quick=True, limit=3, temperature=0.0)
