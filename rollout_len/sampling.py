@@ -82,7 +82,7 @@ def apply_repetition_penalty(logits: torch.Tensor, penalties: list[float], seen:
         return logits
     logits = logits.clone()
     for row in rows:
-        index = torch.tensor(sorted(set(seen[row])), device=logits.device)
+        index = torch.tensor(list(set(seen[row])), device=logits.device)
         picked = logits[row, index]
         logits[row, index] = torch.where(picked > 0, picked / penalties[row], picked * penalties[row])
     return logits

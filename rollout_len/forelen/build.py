@@ -239,16 +239,22 @@ def build(
         )
     spec = SCENARIOS[scenario]
     if temperature is not None:
-        spec = replace(spec, temperature=SamplingParams(temperature=temperature).temperature)  # checked there
-        if is_greedy(spec.temperature) and spec.n > 1:
-            raise ValueError(
-                f"--temperature {temperature} is greedy: the {spec.n} samples of each {scenario} prompt would be "
-                "identical; use a temperature > 0"
-            )
+        spec = replace(spec, temperature=temperature)
+    max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
+    params = SamplingParams(  # checks --temperature before the model loads
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_new_tokens=max_new,
+        repetition_penalty=spec.repetition_penalty,
+    )
+    if is_greedy(params.temperature) and spec.n > 1:
+        raise ValueError(
+            f"--temperature {temperature} is greedy: the {spec.n} samples of each {scenario} prompt would be "
+            "identical; use a temperature > 0"
+        )
     count = limit if limit is not None else (spec.quick_prompts if quick else spec.num_prompts)
     if count < 3:
         raise ValueError(f"limit (number of prompts) must be >= 3 (train, val and test each get one), got {count}")
-    max_new = spec.quick_max_new_tokens if quick else spec.max_new_tokens
     texts = read_prompts_jsonl(prompts_file)[:count] if prompts_file else scenario_prompts(scenario, count, seed, quick)
     if limit is not None and len(texts) < limit:
         source = prompts_file or f"scenario {scenario!r}"
@@ -264,9 +270,9 @@ def build(
     if too_long:
         raise ValueError(f"prompts {too_long[:5]} do not fit the model's context of {policy.context_length} tokens")
     split = split_prompts(len(texts), seed)
-    sampling = {"n": spec.n, "temperature": spec.temperature, "top_p": spec.top_p, "max_new_tokens": max_new}
-    if spec.repetition_penalty != 1.0:  # only where used, so builds made before the key still resume
-        sampling["repetition_penalty"] = spec.repetition_penalty
+    sampling = {"n": spec.n, "temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": max_new}
+    if params.repetition_penalty != 1.0:  # only where used, so builds made before the key still resume
+        sampling["repetition_penalty"] = params.repetition_penalty
     fields = {
         "scenario": scenario,
         "model": model,
@@ -313,12 +319,6 @@ def build(
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"seconds": f"{seconds:.3f}"})
         os.replace(tmp, path)  # a shard file is whole or absent
 
-    params = SamplingParams(
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        max_new_tokens=max_new,
-        repetition_penalty=spec.repetition_penalty,
-    )
     _generate(policy, prompt_ids, todo, spec.n, params, seed, layers, plp_layer, every, max_batch_size, save_shard)
     tensors, timings = _assemble(shards, ranges)
     seconds = sum(row["seconds"] for row in timings)

@@ -52,7 +52,8 @@ def _run(head, source: ForeLenData, data: ForeLenData, prompts: torch.Tensor, pr
     frozen, online = head, copy.deepcopy(head)
     trainer = OnlineTrainer(online, buffer_size=8192, lr=1e-3, steps=64, seed=0)
     x = plp_examples(data)  # (C, 2d + 2)
-    seen = source.lengths[source.samples(TRAIN)]  # what survival_refit knows before the first step
+    train_lengths = source.lengths[source.samples(TRAIN)]
+    seen = train_lengths  # what survival_refit knows before the first step
     steps, errors = [], {m: [] for m in DRIFT_METHODS}
     rows_after_first = []
     for i, rows in enumerate(_stream(data, prompts, prompts_per_step)):
@@ -60,7 +61,7 @@ def _run(head, source: ForeLenData, data: ForeLenData, prompts: torch.Tensor, pr
         pred = {
             "frozen": torch.minimum(frozen.predict(x[rows])[0], left.float()),  # capped at the budget left
             "refit": torch.minimum(online.predict(x[rows])[0], left.float()),
-            "survival": survival_remaining(source.lengths[source.samples(TRAIN)], t, left),
+            "survival": survival_remaining(train_lengths, t, left),
             "survival_refit": survival_remaining(seen, t, left),
         }
         err = {m: (p.float() - true).abs() for m, p in pred.items()}
