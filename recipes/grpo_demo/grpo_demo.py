@@ -168,6 +168,10 @@ def _first(order: tuple[str, ...], a: str, b: str) -> str:
     return a if order.index(a) < order.index(b) else b
 
 
+class UsageError(ValueError):
+    """Bad input found after the flags were read (a model that does not load): one line, no traceback."""
+
+
 def _none_or_str(text: str) -> str | None:
     return None if text.lower() in ("", "none", "null") else text
 
@@ -195,7 +199,10 @@ class GRPODemo:
         start = time.perf_counter()
         # The trainer's copy first: the first load of the embedded model converts it once, and the
         # rollout workers then load the converted copy.
-        policy = load_policy(c["model"], dtype=c["dtype"], device=c["device"])
+        try:
+            policy = load_policy(c["model"], dtype=c["dtype"], device=c["device"])
+        except (ValueError, OSError) as err:  # load_policy's messages name the model and what to do
+            raise UsageError(f"model (--model): {err}") from None
         self.model, self.tokenizer = policy.model, policy.tokenizer
         partial = c["mode"] in ("partial", "both")  # the run trains on partial steps
         correction = c["rollout_is_threshold"] if partial else None  # synchronous rollouts are on-policy
@@ -608,4 +615,7 @@ if __name__ == "__main__":
         load_config(sys.argv[1:])  # a bad flag: one line naming it, before the heavy imports
     except ValueError as err:
         sys.exit(f"grpo_demo.py: error: {err}")
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except UsageError as err:
+        sys.exit(f"grpo_demo.py: error: {err}")

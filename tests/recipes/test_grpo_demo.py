@@ -103,6 +103,16 @@ def test_flags_override_the_yaml_and_bad_values_name_the_key():
             grpo_demo.load_config([flag, value, "--out", "none"] if flag != "--out" else [flag, value])
 
 
+def test_a_model_that_does_not_load_is_one_line_naming_the_flag(tmp_path):
+    import subprocess
+    import sys
+
+    args = [sys.executable, str(RECIPE), "--model", "/nonexistent", "--out", str(tmp_path / "run")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("grpo_demo.py: error: model (--model): unknown model")
+
+
 def test_one_step_trains_and_the_workers_get_the_new_weights(ray_session):
     flags = ["--mode", "sync", "--lr", "1e-3", "--no-use-ray", "--out", "none", "--wandb-mode", "disabled"]
     cfg = grpo_demo.load_config(TINY + flags)
