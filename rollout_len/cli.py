@@ -60,6 +60,14 @@ def _add_bench(sub) -> None:
     e.add_argument("--json", metavar="OUT")
     e.add_argument("--quick", action="store_true", help="small counts, a minute or two")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--engine",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="hf: the HF engine's figures; vllm: the vLLM backend with taps, vLLM alone and the HF engine, "
+        "side by side (in .venv-vllm; docs/vllm.md)",
+    )
+    e.add_argument("--repeats", type=int, default=3, help="--engine vllm: rounds, the variants' order rotated")
     pr = bench.add_parser("predictor", help="cost of EGTP + head in prefill and of PLP in decode")
     pr.add_argument("--model", default="smollm2-135m")
     pr.add_argument("--json", metavar="OUT")
@@ -94,6 +102,10 @@ def _add_bench(sub) -> None:
     )
     r.add_argument("--predictions", default="model", choices=["model", "noise"], help="noise: the do-no-harm check")
     r.add_argument("--model", default="smollm2-135m")
+    r.add_argument(
+        "--engine", choices=("hf", "vllm"), default="hf", help="the workers' decode engine (vllm: docs/vllm.md)"
+    )
+    r.add_argument("--engine-eager", action="store_true", help="--engine vllm without torch.compile (fast start)")
     r.add_argument("--json", metavar="OUT")
     r.add_argument("--png", metavar="OUT", help="Gantt timeline per policy")
     r.add_argument("--quick", action="store_true", help="2 workers, 8 prompts x 4, 96 tokens, 1 warm-up step, 2 rounds")
@@ -476,6 +488,16 @@ def _rollout_common(args) -> dict:
     return {**{k: getattr(args, k) for k in keys}, "model": args.model, "json_path": args.json, "seed": args.seed}
 
 
+def _require_vllm(flag: str) -> None:
+    """A clear error, before any model loads, where vLLM is not installed (the main environment)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        from rollout_len.vllm_engine import VLLM_MISSING
+
+        raise ValueError(f"{flag}: {VLLM_MISSING}")
+
+
 def _names(text: str) -> tuple[str, ...]:
     """A comma list from the command line: 'a, b,' -> ('a', 'b')."""
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -494,9 +516,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "forelen":
             return _forelen(args)
         if args.command == "bench" and args.bench == "engine":
-            from rollout_len.bench.throughput import run
+            from rollout_len.bench.throughput import run, run_vllm
 
-            run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
+            if args.engine == "vllm":
+                _require_vllm("--engine vllm")
+                if args.repeats < 1:
+                    raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+                run_vllm(model=args.model, json_path=args.json, quick=args.quick, repeats=args.repeats)
+            else:
+                run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
             return 0
         if args.command == "bench" and args.bench == "predictor":
             from rollout_len.bench.predictor import run as run_predictor
@@ -507,6 +535,12 @@ def main(argv: list[str] | None = None) -> int:
             from rollout_len.bench.rollout import DEFAULT_POLICIES
             from rollout_len.bench.rollout import run as run_rollout
 
+            if args.engine == "vllm" or args.engine_eager:
+                if args.mode == "partial":
+                    raise ValueError("--engine vllm / --engine-eager apply to --mode sync only")
+                if args.engine_eager and args.engine != "vllm":
+                    raise ValueError("--engine-eager applies to --engine vllm only")
+                _require_vllm("--engine vllm")
             if args.mode == "partial":
                 return _rollout_partial(args)
             partial_only = [f"--{f.replace('_', '-')}" for f in ROLLOUT_PARTIAL_FLAGS if getattr(args, f) is not None]
@@ -518,6 +552,8 @@ def main(argv: list[str] | None = None) -> int:
                 predictions=args.predictions,
                 quick=args.quick,
                 png=args.png,
+                engine=args.engine,
+                engine_eager=args.engine_eager,
                 **_rollout_common(args),
             )
             return 0

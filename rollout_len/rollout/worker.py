@@ -1,7 +1,10 @@
 """RolloutWorker: one policy replica decoding in a DecodeEngine, with PLP running every k steps.
 
 A plain class; the coordinator wraps it with `ray.remote` (one CPU thread or one GPU each) or
-keeps it in-process. Each `run(orders)` applies the manager's orders and decodes one chunk:
+keeps it in-process. `engine` picks the decode engine: "hf" (DecodeEngine, transformers) or
+"vllm" (VLLMEngine: vLLM's engine with the same taps, in its own environment; docs/vllm.md).
+Either way the worker also holds the transformers policy: it scores prompts, checks weight updates.
+Each `run(orders)` applies the manager's orders and decodes one chunk:
 
     exports -> prompt scoring -> admissions -> up to k decode steps -> PLP predictions -> Report
 
@@ -26,7 +29,9 @@ from rollout_len.predictor.plp import PLPTracker, clamp_to_budget, is_checkpoint
 from rollout_len.sample import Sample
 from rollout_len.sched.messages import Admission, Orders, Progress, PromptScore, Report
 
-__all__ = ["RolloutWorker"]
+__all__ = ["ENGINES", "RolloutWorker"]
+
+ENGINES = ("hf", "vllm")  # the decode engines a worker can run
 
 
 class RolloutWorker:
@@ -40,7 +45,11 @@ class RolloutWorker:
         dtype: str = "float32",
         device: str = "cpu",
         threads: int | None = 1,
+        engine: str = "hf",
+        eager: bool = False,
     ):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r}")
         if slots < 1:
             raise ValueError(f"slots per worker must be >= 1, got {slots}")
         if every < 1:
@@ -50,6 +59,20 @@ class RolloutWorker:
         self.worker_id, self.every, self.slots = worker_id, every, slots
         self.policy = load_policy(model, dtype=dtype, device=device)
         self.tap_layer = tap_layer
+        self.engine_name, self.engine = engine, None
+        if engine == "vllm":
+            from rollout_len.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(
+                model,
+                self._engine_config(),
+                stop_ids=self.policy.stop_ids,
+                context_length=self.policy.context_length,
+                vocab_size=self.limits()["vocab_size"],
+                dtype=dtype,
+                threads=threads,
+                enforce_eager=eager,
+            )
         self.tracker = PLPTracker(None, self.policy.hidden_size)
         self._staged: dict[str, torch.Tensor] | None = None  # weights checked by stage_weights, not yet copied
         self.reset()
@@ -57,14 +80,17 @@ class RolloutWorker:
     def reset(self) -> None:
         """Drop every sample and its state: a fresh engine and tracker (the weights and PLP head stay).
         The coordinator calls it after a failed step, so the next step starts clean."""
-        self.engine = DecodeEngine(
-            self.policy,
-            EngineConfig(max_batch_size=self.slots, tap_layer=self.tap_layer, tap_entropy=True, tap_prefill=False),
-        )
+        if self.engine_name == "vllm":
+            self.engine.clear()  # vLLM's engine stays: starting one takes seconds to minutes
+        else:
+            self.engine = DecodeEngine(self.policy, self._engine_config())
         self.tracker = PLPTracker(self.tracker.head, self.policy.hidden_size)
         self._pending: dict[str, Admission] = {}  # added to the engine, not prefilled yet
         self._reported: dict[str, int] = {}  # sample -> output tokens already reported (or held at admission)
         self._checkpoints: dict[str, list[tuple[int, torch.Tensor]]] = {}  # sample -> [(t, z_t)]
+
+    def _engine_config(self) -> EngineConfig:
+        return EngineConfig(max_batch_size=self.slots, tap_layer=self.tap_layer, tap_entropy=True, tap_prefill=False)
 
     def limits(self) -> dict[str, int]:
         """What a sample must fit: token ids in [0, vocab_size), prompt + 1 < context_length tokens."""
@@ -82,12 +108,8 @@ class RolloutWorker:
         given and keeps the rest. Everything is checked before anything is copied, so a refused update
         (ValueError naming the keys) leaves the old weights. Returns the keys copied.
         """
-        from rollout_len.model import load_weights
-
-        try:
-            return load_weights(self.policy.model, self._weights(state), partial=partial)
-        except ValueError as err:
-            raise ValueError(f"worker {self.worker_id}: {err}") from None
+        self.stage_weights(state, partial=partial)
+        return self.commit_weights()
 
     def stage_weights(self, state: dict[str, torch.Tensor] | str, partial: bool = False) -> None:
         """Phase one of a synchronized update: check everything `load_weights` checks and keep the
@@ -108,7 +130,10 @@ class RolloutWorker:
         if self.engine.has_unfinished():
             raise RuntimeError(f"worker {self.worker_id}: weights change between steps, not while samples are running")
         plan, self._staged = self._staged, None
-        return copy_weights(self.policy.model, plan)
+        copied = copy_weights(self.policy.model, plan)
+        if self.engine_name == "vllm":  # all of it, partial update or not: vLLM reloads whole layers
+            self.engine.load_weights(self.policy.model.state_dict())
+        return copied
 
     def _weights(self, state: dict[str, torch.Tensor] | str) -> dict[str, torch.Tensor]:
         if self.engine.has_unfinished():
@@ -124,11 +149,31 @@ class RolloutWorker:
         """Next-token logits after a prompt: lets a test check that the worker runs the trainer's weights."""
         return self.policy.model(torch.tensor([prompt_ids])).logits[0, -1].float()
 
+    def run_alone(self, samples: list[Sample]) -> tuple[dict[str, int], float]:
+        """The engine alone on fresh samples, in order: no taps, no PLP, no scheduler (vLLM's own
+        requests, or a DecodeEngine with this worker's slots). Returns (output length by sample id,
+        seconds); the samples are not changed. The baseline a rollout on this engine must beat."""
+        if self.engine.has_unfinished():
+            raise RuntimeError(f"worker {self.worker_id}: run_alone between steps, not while samples are running")
+        start = time.perf_counter()
+        if self.engine_name == "vllm":
+            lengths = self.engine.run_alone(samples)
+        else:
+            copies = [Sample(s.sample_id, list(s.prompt_ids), s.params, seed=s.seed) for s in samples]
+            DecodeEngine(self.policy, EngineConfig(max_batch_size=self.slots)).run(copies)
+            lengths = {s.sample_id: s.num_output for s in copies}
+        return lengths, time.perf_counter() - start
+
     def run(self, orders: Orders) -> Report:
         start = time.perf_counter()
         report = Report(self.worker_id)
         if orders.head_state is not None:
             self.tracker.set_head(SoftLabelHead.from_state(orders.head_state))
+        if orders.static_batches and self.engine_name == "vllm":
+            raise ValueError(
+                f"worker {self.worker_id}: static batches (the static_padded / bucketed_padded baselines) are the "
+                "HF engine's; the vllm engine batches continuously"
+            )
         if not self.engine.has_unfinished():
             self.engine.config.static_batching = orders.static_batches
         for sid in orders.export:
