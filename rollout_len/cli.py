@@ -58,8 +58,12 @@ def _add_bench(sub) -> None:
     e = bench.add_parser("engine", help="decode throughput, KV-cache cost, continuous vs static batching")
     e.add_argument("--model", default="smollm2-135m")
     e.add_argument("--json", metavar="OUT")
-    e.add_argument("--quick", action="store_true", help="small counts, a minute or two")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--quick",
+        action="store_true",
+        help="small counts, a minute or two (--engine vllm: plus ~2 min of vLLM's compile)",
+    )
+    e.add_argument("--seed", type=int, help="--engine hf: the long-tail mix's lengths (default 0)")
     e.add_argument(
         "--engine",
         choices=("hf", "vllm"),
@@ -67,7 +71,9 @@ def _add_bench(sub) -> None:
         help="hf: the HF engine's figures; vllm: the vLLM backend with taps, vLLM alone and the HF engine, "
         "side by side (in .venv-vllm; docs/vllm.md)",
     )
-    e.add_argument("--repeats", type=int, default=3, help="--engine vllm: rounds, the variants' order rotated")
+    e.add_argument(
+        "--repeats", type=int, help="--engine vllm: rounds, the variants' order rotated (default 3; 1 with --quick)"
+    )
     pr = bench.add_parser("predictor", help="cost of EGTP + head in prefill and of PLP in decode")
     pr.add_argument("--model", default="smollm2-135m")
     pr.add_argument("--json", metavar="OUT")
@@ -519,12 +525,17 @@ def main(argv: list[str] | None = None) -> int:
             from rollout_len.bench.throughput import run, run_vllm
 
             if args.engine == "vllm":
-                _require_vllm("--engine vllm")
-                if args.repeats < 1:
+                if args.seed is not None:
+                    raise ValueError("--seed applies to --engine hf only (the vllm comparison has no random mix)")
+                if args.repeats is not None and args.repeats < 1:
                     raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+                _require_vllm("--engine vllm")
                 run_vllm(model=args.model, json_path=args.json, quick=args.quick, repeats=args.repeats)
             else:
-                run(model=args.model, json_path=args.json, quick=args.quick, seed=args.seed)
+                if args.repeats is not None:
+                    raise ValueError("--repeats applies to --engine vllm only")
+                seed = 0 if args.seed is None else args.seed
+                run(model=args.model, json_path=args.json, quick=args.quick, seed=seed)
             return 0
         if args.command == "bench" and args.bench == "predictor":
             from rollout_len.bench.predictor import run as run_predictor

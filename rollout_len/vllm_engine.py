@@ -128,6 +128,9 @@ class VLLMEngine(StepEngine):
         self.stop_ids, self.context_length, self.vocab_size = list(stop_ids), int(context_length), int(vocab_size)
         # In this process: the taps read the model, and step() is one scheduler + model step.
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        # vLLM logs to stdout at INFO by default; our benchmarks print their tables there
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = f"{kv_cache_gib:g}"
         if threads:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"  # several engines share the machine's cores

@@ -242,6 +242,14 @@ def run(
     )
     if not temperature > 0:
         raise ValueError(f"--temperature must be > 0 (sampled rollouts), got {temperature}")
+    if engine == "vllm":
+        static = [p for p in policies if POLICIES[p].static_batches]
+        if static:
+            raise ValueError(f"--policies: {static} run padded static batches, which --engine vllm does not")
+        from rollout_len.vllm_engine import vllm_model_path
+
+        vllm_model_path(model)  # an in-memory test model is refused here, before any worker starts
+    tok = _tokenizer(model)  # a model that does not load fails here, before any worker starts
     texts = task_prompts(task, prompts * (warmup_steps + 1), seed)  # validates --task
     coord = Coordinator(
         model,
@@ -256,7 +264,6 @@ def run(
             engine_eager=engine_eager,
         ),
     )
-    tok = _tokenizer(model)
     ids = [encode_prompt(tok, t.prompt) for t in texts]
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
     result = {

@@ -225,7 +225,7 @@ def run_vllm(
     model: str = "smollm2-135m",
     json_path: str | None = None,
     quick: bool = False,
-    repeats: int = 3,
+    repeats: int | None = None,
     every: int = 16,
     threads: int | None = None,
 ) -> dict:
@@ -241,7 +241,7 @@ def run_vllm(
     torch.set_num_threads(threads)
     batches = [1, 8] if quick else [1, 8, 64]
     new_tokens = 48 if quick else 128
-    repeats = 1 if quick else repeats
+    repeats = repeats if repeats is not None else (1 if quick else 3)
     workers = {
         name: RolloutWorker(0, model, slots=max(batches), every=every, threads=threads, engine=name)
         for name in ("vllm", "hf")
