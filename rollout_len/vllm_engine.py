@@ -211,6 +211,7 @@ class VLLMEngine(StepEngine):
         if (decode or prefill) and tap is None:
             raise RuntimeError("vLLM sampled tokens without calling compute_logits: the taps cannot follow it")
         rows: list[int] = []
+        spans: list[tuple[Sample, int]] = []  # each sample's rows are contiguous: (sample, first row)
         prefill_tokens = 0
         for req, done in decode + prefill:
             sample = req.sample
@@ -219,6 +220,7 @@ class VLLMEngine(StepEngine):
             req.started = True
             sample.status = SampleStatus.RUNNING
             row = row_of[sample.sample_id]
+            spans.append((sample, len(rows)))
             for token in done.token_ids:
                 sample.output_ids.append(int(token))
                 out.sample_ids.append(sample.sample_id)
@@ -234,11 +236,8 @@ class VLLMEngine(StepEngine):
             # The policy's log-prob, as DecodeEngine reports it: temperature-scaled, unfiltered, unpenalized.
             logit = tap.logits[index, torch.tensor(out.tokens)]
             out.logprobs = (logit / tap.temperature[index] - tap.lse[index]).tolist()
-            position = {}
-            for sid, lp in zip(out.sample_ids, out.logprobs):
-                position.setdefault(sid, []).append(lp)
-            for req, _ in decode + prefill:
-                req.sample.logprobs.extend(position.get(req.sample.sample_id, []))
+            for (sample, lo), (_, hi) in zip(spans, spans[1:] + [(None, len(rows))]):
+                sample.logprobs.extend(out.logprobs[lo:hi])
             out.entropy = tap.entropy[index] if tap.entropy is not None else None
             out.hidden = tap.hidden[index] if tap.hidden is not None else None
         self.stats.steps += 1
